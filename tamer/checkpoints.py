@@ -1,0 +1,153 @@
+"""Native checkpoints: a folder with ``config.json`` and ``model.safetensors`` (the huggingface_hub layout).
+
+Writes are atomic (temporary file, then rename) and loading never unpickles anything. :func:`load` also accepts
+the original CompVis ``.ckpt`` files (see :mod:`tamer.compat.taming`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import from_dict, to_dict
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, malformed or unsafe; the message names the file."""
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(temporary_path)``, then move the result onto ``path`` in one step."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class Pretrained:
+    """Mixin for models with a dataclass ``config``: ``save``/``from_pretrained``/``push_to_hub``."""
+
+    model_type: str
+    config_class: type
+
+    def save(self, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed)."""
+        directory = Path(directory)
+        from . import __version__
+
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+        document = {"model_type": self.model_type, "tamer_version": __version__, "config": to_dict(self.config)}
+        if metadata:
+            document["metadata"] = metadata
+        atomic_write(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(document, indent=2) + "\n"))
+        return directory
+
+    save_pretrained = save
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, map_location: str | torch.device = "cpu", **hub_kwargs):
+        """Load from a local folder, or from a Hugging Face Hub repository id where a network exists."""
+        path = Path(name_or_path)
+        if not path.exists():
+            from huggingface_hub import snapshot_download
+
+            path = Path(snapshot_download(str(name_or_path), allow_patterns=[CONFIG_NAME, WEIGHTS_NAME], **hub_kwargs))
+        model = load(path, map_location=map_location)
+        if not isinstance(model, cls):
+            raise CheckpointError(f"{path}: holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
+
+    def push_to_hub(self, repo_id: str, **upload_kwargs) -> str:
+        from huggingface_hub import create_repo, upload_folder
+
+        create_repo(repo_id, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save(tmp)
+            return upload_folder(repo_id=repo_id, folder_path=tmp, **upload_kwargs)
+
+
+def model_classes() -> dict[str, type]:
+    from .vqgan import VQGAN
+
+    return {VQGAN.model_type: VQGAN}
+
+
+def read_config(directory: Path) -> tuple[type, Any, dict]:
+    """The model class, its typed config and the raw document of a native checkpoint folder."""
+    config_path = directory / CONFIG_NAME
+    if not config_path.is_file():
+        raise CheckpointError(f"{directory}: no {CONFIG_NAME} (not a tamer checkpoint folder)")
+    try:
+        document = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{config_path}: not valid JSON: {error}") from None
+    classes = model_classes()
+    model_type = document.get("model_type")
+    if model_type not in classes:
+        raise CheckpointError(f"{config_path}: model_type {model_type!r} is not one of {sorted(classes)}")
+    cls = classes[model_type]
+    return cls, from_dict(cls.config_class, document.get("config", {}), where="config"), document
+
+
+def load_native(directory: Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
+    cls, config, _ = read_config(directory)
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"{directory}: no {WEIGHTS_NAME}")
+    model = cls(config)
+    load_state_dict_strict(model, load_file(str(weights), device=str(map_location)), source=str(weights))
+    return model.to(map_location).eval()
+
+
+def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load every key with matching shapes, or fail naming what is missing, unexpected or misshapen."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    misshapen = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                 for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_few(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_few(unexpected)}")
+    if misshapen:
+        problems.append(f"wrong shapes {_few(sorted(misshapen))}")
+    if problems:
+        raise CheckpointError(f"{source}: does not fit {type(model).__name__}: " + "; ".join(problems))
+    model.load_state_dict(state)
+
+
+def _few(items: list[str], limit: int = 5) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def load(path: str | Path, config: str | Path | None = None, map_location: str | torch.device = "cpu"):
+    """Load any model tamer knows: a native folder (or its ``model.safetensors``), or a CompVis ``.ckpt``
+    with its ``project.yaml`` (``config``; found next to the usual ``checkpoints/`` folder when not given)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or folder")
+    if path.is_file() and path.name == WEIGHTS_NAME:
+        path = path.parent
+    if path.is_dir():
+        return load_native(path, map_location)
+    from .compat.taming import load_taming_checkpoint
+
+    return load_taming_checkpoint(path, config, map_location=map_location)

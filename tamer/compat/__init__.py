@@ -1,0 +1,1 @@
+"""Readers for checkpoints of other code bases (CompVis taming-transformers)."""

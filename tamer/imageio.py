@@ -1,0 +1,94 @@
+"""Image files <-> tensors in [-1, 1], with errors and notes that name the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+FitMode = Literal["crop", "pad", "resize"]
+
+
+class ImageError(ValueError):
+    """A file is not a readable image; the message names it."""
+
+
+def read_image(path: str | Path, channels: int = 3) -> tuple[torch.Tensor, list[str]]:
+    """Decode ``path`` to a ``C×H×W`` float tensor in [-1, 1], plus notes on any conversion made.
+
+    Grayscale, palette and RGBA files are converted (alpha is composited on white) and the note says so.
+    """
+    path = Path(path)
+    notes: list[str] = []
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode = image.mode
+            if channels == 1:
+                converted = image.convert("L")
+            else:
+                if mode in ("RGBA", "LA") or (mode == "P" and "transparency" in image.info):
+                    rgba = image.convert("RGBA")
+                    converted = Image.new("RGB", rgba.size, (255, 255, 255))
+                    converted.paste(rgba, mask=rgba.getchannel("A"))
+                    notes.append(f"{path}: {mode} image, alpha composited on white")
+                else:
+                    converted = image.convert("RGB")
+                    if mode not in ("RGB",):
+                        notes.append(f"{path}: {mode} image converted to RGB")
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image (or a format Pillow cannot read)") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"{path}: corrupt or truncated image ({error})") from None
+    array = np.asarray(converted, dtype=np.float32)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0, notes
+
+
+def fit_to_multiple(image: torch.Tensor, factor: int, mode: FitMode = "crop") -> tuple[torch.Tensor, str | None]:
+    """Make both sides of ``C×H×W`` multiples of ``factor``; returns the image and what was done (or None)."""
+    _, h, w = image.shape
+    if h % factor == 0 and w % factor == 0:
+        return image, None
+    if mode == "crop":
+        nh, nw = max(factor, h // factor * factor), max(factor, w // factor * factor)
+        if nh > h or nw > w:  # smaller than one factor: nothing to crop to
+            return fit_to_multiple(image, factor, "pad")
+        top, left = (h - nh) // 2, (w - nw) // 2
+        return image[:, top:top + nh, left:left + nw], f"{h}×{w} centre-cropped to {nh}×{nw}"
+    if mode == "pad":
+        nh, nw = -(-h // factor) * factor, -(-w // factor) * factor
+        padded = F.pad(image[None], (0, nw - w, 0, nh - h), mode="replicate")[0]
+        return padded, f"{h}×{w} padded (edge replicated, right and bottom) to {nh}×{nw}"
+    if mode == "resize":
+        nh, nw = max(factor, round(h / factor) * factor), max(factor, round(w / factor) * factor)
+        resized = F.interpolate(image[None], size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)[0]
+        return resized.clamp(-1, 1), f"{h}×{w} resized to {nh}×{nw}"
+    raise ValueError(f"fit mode: expected 'crop', 'pad' or 'resize', got {mode!r}")
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """``C×H×W`` in [-1, 1] -> ``H×W×C`` uint8 (``H×W`` for one channel)."""
+    array = ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return array[:, :, 0] if array.shape[2] == 1 else array
+
+
+def save_image(image: torch.Tensor, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(to_uint8(image)).save(path)
+    return path
+
+
+def list_images(root: str | Path) -> list[Path]:
+    """Image files under ``root`` (recursive), sorted."""
+    root = Path(root)
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())

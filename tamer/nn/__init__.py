@@ -1,0 +1,1 @@
+"""Building blocks: autoencoder, quantizers (and, as they come, GPT, discriminator, perceptual loss)."""
