@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from ..checkpoints import CheckpointError
+
 # Names that only describe training state; a placeholder stands in for each, and none of their code runs.
 INERT_PREFIXES = ("pytorch_lightning.", "lightning.", "lightning_fabric.", "omegaconf.", "taming.", "typing.",
                   "pathlib.", "argparse.Namespace", "collections.defaultdict", "__main__.")
@@ -21,7 +23,7 @@ INERT_BUILTINS = {f"builtins.{name}" for name in
                   ("dict", "list", "tuple", "set", "frozenset", "int", "float", "str", "bool", "bytes", "object")}
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
+class UnsafeCheckpointError(CheckpointError, pickle.UnpicklingError):
     """The file references code that would run on unpickling; nothing from it was executed."""
 
 

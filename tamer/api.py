@@ -1,0 +1,127 @@
+"""High-level helpers shared by the command line and notebooks: load, read, encode, decode, reconstruct."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoints import load
+from .imageio import FitMode, fit_to_multiple, read_image, save_image  # noqa: F401  (save_image re-exported)
+from .metrics.image import psnr
+from .vqgan import VQGAN
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_model(path: str | Path, config: str | Path | None = None, device: str | torch.device = "auto"):
+    return load(path, config=config, map_location=resolve_device(device))
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def read_images(paths: Sequence[str | Path], model: VQGAN, size: int | None = None, fit: FitMode = "crop",
+                report: Callable[[str], None] | None = None) -> tuple[list[torch.Tensor], list[str]]:
+    """Read images for ``model``: channels converted, shorter side resized to ``size``, sides fitted to the factor.
+
+    Every conversion is reported through ``report`` with the file's name.
+    """
+    images, names = [], []
+    for path in paths:
+        image, notes = read_image(path, channels=model.config.autoencoder.in_channels)
+        if size is not None:
+            image = resize_shorter_side(image, size)
+        image, fitted = fit_to_multiple(image, model.downsample_factor, fit)
+        if fitted:
+            notes.append(f"{path}: {fitted} (sides must be multiples of {model.downsample_factor})")
+        for note in notes:
+            if report:
+                report(note)
+        images.append(image)
+        names.append(str(path))
+    return images, names
+
+
+def resize_shorter_side(image: torch.Tensor, size: int) -> torch.Tensor:
+    h, w = image.shape[-2:]
+    scale = size / min(h, w)
+    target = (max(1, round(h * scale)), max(1, round(w * scale)))
+    if target == (h, w):
+        return image
+    return F.interpolate(image[None], size=target, mode="bicubic", antialias=True, align_corners=False)[0].clamp(-1, 1)
+
+
+def _batches_by_size(images: Sequence[torch.Tensor], batch_size: int):
+    """Indices of same-sized images, ``batch_size`` at a time."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, image in enumerate(images):
+        groups[tuple(image.shape)].append(i)
+    for indices in groups.values():
+        for start in range(0, len(indices), batch_size):
+            yield indices[start:start + batch_size]
+
+
+@torch.inference_mode()
+def reconstruct_images(model: VQGAN, images: Sequence[torch.Tensor], batch_size: int = 4):
+    """``[(reconstruction, psnr_db), ...]`` in the order of ``images`` (sizes may differ)."""
+    device = model_device(model)
+    results: list = [None] * len(images)
+    for indices in _batches_by_size(images, batch_size):
+        batch = torch.stack([images[i] for i in indices]).to(device)
+        reconstruction = model(batch).reconstruction.clamp(-1, 1)
+        for i, rec, value in zip(indices, reconstruction.cpu(), psnr(reconstruction, batch).tolist()):
+            results[i] = (rec, value)
+    return results
+
+
+@torch.inference_mode()
+def encode_images(model: VQGAN, images: Sequence[torch.Tensor], batch_size: int = 4) -> torch.Tensor:
+    """Code indices ``N×h×w`` for images of one size."""
+    sizes = {tuple(image.shape[-2:]) for image in images}
+    if len(sizes) > 1:
+        raise ValueError(f"images have different sizes {sorted(sizes)}; pass --size (and --fit) to make them equal")
+    device = model_device(model)
+    codes = [model.encode(torch.stack(list(images[i:i + batch_size])).to(device)).cpu()
+             for i in range(0, len(images), batch_size)]
+    return torch.cat(codes)
+
+
+@torch.inference_mode()
+def decode_codes(model: VQGAN, codes: torch.Tensor, batch_size: int = 4) -> torch.Tensor:
+    device = model_device(model)
+    return torch.cat([model.decode(codes[i:i + batch_size].to(device)).clamp(-1, 1).cpu()
+                      for i in range(0, len(codes), batch_size)])
+
+
+def save_codes(codes: torch.Tensor, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dtype = np.int16 if int(codes.max()) < 2**15 else np.int32
+    np.save(path, codes.numpy().astype(dtype))
+    return path
+
+
+def load_codes(path: str | Path, model: VQGAN) -> torch.Tensor:
+    """An ``N×h×w`` (or ``h×w``) integer array checked against the model's vocabulary."""
+    path = Path(path)
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise ValueError(f"{path}: not a .npy array of codes ({error})") from None
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{path}: expected integer codes of shape N×h×w, got {array.dtype} {array.shape}")
+    if array.size and (array.min() < 0 or array.max() >= model.vocab_size):
+        raise ValueError(f"{path}: codes must lie in [0, {model.vocab_size}), got [{array.min()}, {array.max()}]")
+    return torch.from_numpy(array.astype(np.int64))

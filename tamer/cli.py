@@ -1,0 +1,140 @@
+"""The ``tamer`` command: parses arguments and calls the library; no logic of its own beyond that."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .checkpoints import CheckpointError
+from .config import ConfigError
+from .imageio import ImageError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args) or 0
+    except (CheckpointError, ConfigError, ImageError, FileNotFoundError, ValueError) as error:
+        print(f"tamer {args.command}: error: {error}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tamer", description="Taming Transformers: VQGAN tokenizer and image GPT.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, help: str, run) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(run=run)
+        return sub
+
+    def model_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--model", required=True, help="tamer checkpoint folder, or a CompVis .ckpt")
+        sub.add_argument("--config", help="project.yaml of a CompVis .ckpt (found beside it when omitted)")
+        sub.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+        sub.add_argument("--batch-size", type=int, default=4)
+
+    def image_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+        sub.add_argument("--size", type=int, help="resize the shorter side to this many pixels first")
+        sub.add_argument("--fit", choices=("crop", "pad", "resize"), default="crop",
+                         help="how a side that is not a multiple of the downsampling factor is fixed (default: crop)")
+
+    sub = command("reconstruct", "Encode and decode images; write the reconstructions and print PSNR.", _reconstruct)
+    model_options(sub)
+    image_options(sub)
+    sub.add_argument("--out", type=Path, required=True, help="output folder")
+
+    sub = command("encode", "Encode images to code indices (an N×h×w .npy).", _encode)
+    model_options(sub)
+    image_options(sub)
+    sub.add_argument("--out", type=Path, required=True, help="output .npy file")
+
+    sub = command("decode", "Decode code indices (.npy of N×h×w or h×w) to images.", _decode)
+    model_options(sub)
+    sub.add_argument("codes", type=Path)
+    sub.add_argument("--out", type=Path, required=True, help="output folder")
+
+    sub = command("convert", "Convert a CompVis taming-transformers checkpoint to a tamer folder.", _convert)
+    sub.add_argument("checkpoint", type=Path, help="the original .ckpt")
+    sub.add_argument("--config", type=Path, help="its project.yaml (found beside it when omitted)")
+    sub.add_argument("--out", type=Path, required=True, help="output folder")
+
+    sub = command("demo", "Reconstruct the photos bundled with scikit-image and write them with their PSNR.", _demo)
+    sub.add_argument("--model", help="a tamer checkpoint or CompVis .ckpt (default: a freshly initialised VQGAN)")
+    sub.add_argument("--config", help="project.yaml of a CompVis .ckpt")
+    sub.add_argument("--size", type=int, default=256, help="shorter side of the photos in pixels (default 256)")
+    sub.add_argument("--device", default="auto")
+    sub.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")
+    return parser
+
+
+def _load_model(args):
+    from . import api
+
+    return api.load_model(args.model, config=args.config, device=args.device)
+
+
+def _reconstruct(args) -> int:
+    from . import api
+
+    model = _load_model(args)
+    images, names = api.read_images(args.images, model, size=args.size, fit=args.fit, report=print)
+    results = api.reconstruct_images(model, images, batch_size=args.batch_size)
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"{'image':40s} {'size':>11s} {'PSNR (dB)':>10s}")
+    for name, (reconstruction, psnr) in zip(names, results):
+        api.save_image(reconstruction, args.out / f"{Path(name).stem}.png")
+        print(f"{Path(name).name:40s} {'×'.join(map(str, reconstruction.shape[-2:])):>11s} {psnr:10.2f}")
+    print(f"wrote {len(results)} reconstructions to {args.out}")
+    return 0
+
+
+def _encode(args) -> int:
+    from . import api
+
+    model = _load_model(args)
+    images, names = api.read_images(args.images, model, size=args.size, fit=args.fit, report=print)
+    codes = api.encode_images(model, images, batch_size=args.batch_size)
+    api.save_codes(codes, args.out)
+    print(f"wrote codes {tuple(codes.shape)} for {len(names)} images to {args.out}")
+    return 0
+
+
+def _decode(args) -> int:
+    from . import api
+
+    model = _load_model(args)
+    codes = api.load_codes(args.codes, model)
+    images = api.decode_codes(model, codes, batch_size=args.batch_size)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        api.save_image(image, args.out / f"{i:04d}.png")
+    print(f"wrote {len(images)} images to {args.out}")
+    return 0
+
+
+def _convert(args) -> int:
+    from .checkpoints import load
+
+    model = load(args.checkpoint, config=args.config)
+    model.save(args.out)
+    print(f"converted {args.checkpoint} -> {args.out} ({type(model).__name__}, "
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")
+    return 0
+
+
+def _demo(args) -> int:
+    from .demo import run_reconstruction_demo
+
+    run_reconstruction_demo(args.out, model=args.model, config=args.config, size=args.size, device=args.device)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

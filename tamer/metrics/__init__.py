@@ -1,0 +1,5 @@
+"""Evaluation metrics."""
+
+from .image import psnr
+
+__all__ = ["psnr"]
