@@ -35,6 +35,8 @@ class QuantizerConfig:
     ema: bool = False
     ema_decay: float = 0.99
     ema_eps: float = 1e-5
+    # vq: a code unused for this many training steps is restarted from a recent latent (0: never).
+    dead_code_threshold: int = 0
     # vq: l2-normalised codes and latents (cosine distance), for low-dimensional codebooks (ViT-VQGAN, LlamaGen).
     l2_normalize: bool = False
     # gumbel
@@ -133,7 +135,9 @@ class VectorQuantizer(_Quantizer):
         if config.ema:
             self.embedding.weight.requires_grad_(False)
             self.register_buffer("ema_cluster_size", torch.zeros(n))
-            self.register_buffer("ema_embed_sum", self.embedding.weight.detach().clone())
+            self.register_buffer("ema_embed_sum", torch.zeros(n, d))
+        if config.dead_code_threshold > 0:
+            self.register_buffer("steps_unused", torch.zeros(n, dtype=torch.long))
 
     def codebook(self) -> torch.Tensor:
         weight = self.embedding.weight
@@ -158,8 +162,8 @@ class VectorQuantizer(_Quantizer):
         flat = z.reshape(-1, d)
         with torch.no_grad():
             indices = self.nearest(flat)
-        if self.config.ema and self.training:
-            self._ema_update(flat.detach(), indices)
+        if self.training and (self.config.ema or self.config.dead_code_threshold > 0):
+            self._update_codebook(flat.detach(), indices)
         z_q = F.embedding(indices, self.codebook()).view_as(z)
 
         commitment = F.mse_loss(z, z_q.detach())
@@ -177,20 +181,42 @@ class VectorQuantizer(_Quantizer):
         return Quantized(z_q.permute(0, 3, 1, 2).contiguous(), loss, indices)
 
     @torch.no_grad()
-    def _ema_update(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
+    def _update_codebook(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
+        """EMA step and dead-code restarts; statistics are summed over DDP ranks so every rank keeps one codebook."""
         n = self.config.num_codes
         counts = torch.bincount(indices, minlength=n).to(flat.dtype)
-        sums = torch.zeros(n, flat.shape[1], dtype=flat.dtype, device=flat.device).index_add_(0, indices, flat)
-        if dist.is_available() and dist.is_initialized():  # every rank keeps the same codebook
+        distributed = dist.is_available() and dist.is_initialized()
+        if self.config.ema:
+            sums = torch.zeros(n, flat.shape[1], dtype=flat.dtype, device=flat.device).index_add_(0, indices, flat)
+            if distributed:
+                dist.all_reduce(sums)
+        if distributed:
             dist.all_reduce(counts)
-            dist.all_reduce(sums)
-        decay, eps = self.config.ema_decay, self.config.ema_eps
-        self.ema_cluster_size.lerp_(counts, 1 - decay)
-        self.ema_embed_sum.lerp_(sums, 1 - decay)
-        # Laplace smoothing keeps unused codes from dividing by zero.
-        total = self.ema_cluster_size.sum()
-        size = (self.ema_cluster_size + eps) / (total + n * eps) * total
-        self.embedding.weight.copy_(self.ema_embed_sum / size.unsqueeze(1))
+        if self.config.ema:
+            decay, eps = self.config.ema_decay, self.config.ema_eps
+            self.ema_cluster_size.lerp_(counts, 1 - decay)
+            self.ema_embed_sum.lerp_(sums, 1 - decay)
+            # Laplace smoothing keeps rarely used codes from dividing by zero; codes never used keep their vector.
+            total = self.ema_cluster_size.sum()
+            size = (self.ema_cluster_size + eps) / (total + n * eps) * total
+            seen = self.ema_cluster_size > eps
+            self.embedding.weight[seen] = self.ema_embed_sum[seen] / size[seen].unsqueeze(1)
+        if self.config.dead_code_threshold > 0:
+            self.steps_unused.add_(1).masked_fill_(counts > 0, 0)
+            dead = self.steps_unused >= self.config.dead_code_threshold
+            if dead.any():
+                self._restart(dead, flat, distributed)
+
+    def _restart(self, dead: torch.Tensor, flat: torch.Tensor, distributed: bool) -> None:
+        """Move dead codes onto latents of the current batch (rank 0's choice, broadcast to all ranks)."""
+        picks = flat[torch.randint(0, flat.shape[0], (int(dead.sum()),), device=flat.device)]
+        if distributed:
+            dist.broadcast(picks, src=0)
+        self.embedding.weight[dead] = picks
+        self.steps_unused[dead] = 0
+        if self.config.ema:
+            self.ema_cluster_size[dead] = 1.0
+            self.ema_embed_sum[dead] = picks
 
 
 class GumbelQuantizer(_Quantizer):

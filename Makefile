@@ -1,0 +1,19 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+.PHONY: demo test test-all bench venv
+
+demo:
+	@scripts/setup-venv.sh train,eval,demo
+	.venv/bin/tamer demo $(ARGS)
+
+test:
+	@scripts/setup-venv.sh train,eval,test
+	.venv/bin/python -m pytest -q $(ARGS)
+
+# Including the slow end-to-end runs.
+test-all:
+	@scripts/setup-venv.sh train,eval,test
+	.venv/bin/python -m pytest -q -m "slow or not slow" $(ARGS)
+
+bench:
+	@scripts/setup-venv.sh train,eval,test
+	.venv/bin/python bench/bench_vqgan.py $(ARGS)
