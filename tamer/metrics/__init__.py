@@ -1,5 +1,5 @@
 """Evaluation metrics."""
 
-from .image import psnr
+from .image import psnr, ssim
 
-__all__ = ["psnr"]
+__all__ = ["psnr", "ssim"]
