@@ -42,7 +42,7 @@ class ImageTransform:
             steps.append(v2.RandomCrop(self.crop) if random_crop else v2.CenterCrop(self.crop))
         if flip:
             steps.append(v2.RandomHorizontalFlip(p=0.5))
-        self.pipeline = v2.Compose(steps)
+        self.pipeline = v2.Compose(steps) if steps else v2.Identity()
 
     def __call__(self, sample: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         spatial: dict[str, torch.Tensor] = {}

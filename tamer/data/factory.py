@@ -1,0 +1,86 @@
+"""``DataConfig`` -> a dataset: the one place a config's ``data:`` section turns into files on disk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from torch.utils.data import Dataset
+
+from ..config import from_dict
+from .folders import ClassFolder, ImageFileList, ImageFolder, SegmentationPairs
+from .procedural import SHAPES, ProceduralShapes
+from .transforms import ImageTransform
+
+DataKind = Literal["folder", "filelist", "classes", "pairs", "procedural"]
+
+
+@dataclass
+class DataConfig:
+    """Which images, and how they are shaped.
+
+    ``kind``: ``folder`` (every image under ``path``), ``filelist`` (a text file of paths at ``path``, relative ones
+    resolved against ``root``), ``classes`` (``path/<class>/<images>``), ``pairs`` (images under ``path``, label
+    maps under ``segmentations``; without it ``path/images`` and ``path/segmentations``), ``procedural``
+    (``ProceduralShapes``: ``length`` items of ``num_classes`` classes drawn with ``seed``, no files).
+
+    ``size``: shorter side after resizing (for ``procedural``, the drawn size); ``crop``: side of the square crop
+    (default ``size``), random with ``random_crop``, else centred; ``flip``: random left-right flips.
+    ``scan``: decode every file when the dataset is built and drop the unreadable ones (slow on big folders).
+    """
+
+    kind: DataKind = "procedural"
+    path: str | None = None
+    root: str | None = None
+    segmentations: str | None = None
+    size: int = 256
+    crop: int | None = None
+    random_crop: bool = False
+    flip: bool = False
+    scan: bool = False
+    length: int = 10_000
+    num_classes: int = len(SHAPES)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.size < 1:
+            raise ValueError(f"size: expected a positive side length, got {self.size}")
+        if self.crop is not None and not 1 <= self.crop <= self.size:
+            raise ValueError(f"crop: expected 1 to size ({self.size}), got {self.crop}")
+        if self.kind != "procedural" and not self.path:
+            raise ValueError(f"path: required for kind {self.kind!r}")
+        if self.root is not None and self.kind != "filelist":
+            raise ValueError(f"root: only used by kind 'filelist', not {self.kind!r}")
+        if self.segmentations is not None and self.kind != "pairs":
+            raise ValueError(f"segmentations: only used by kind 'pairs', not {self.kind!r}")
+        if self.length < 1:
+            raise ValueError(f"length: expected a positive number of items, got {self.length}")
+        if not 1 <= self.num_classes <= len(SHAPES):
+            raise ValueError(f"num_classes: expected 1 to {len(SHAPES)}, got {self.num_classes}")
+        if self.seed < 0:
+            raise ValueError(f"seed: expected a non-negative integer, got {self.seed}")
+
+
+def build_dataset(config: DataConfig | dict) -> Dataset:
+    """The dataset a config describes; a dict is validated first (a wrong key or value is a ``ConfigError``)."""
+    config = from_dict(DataConfig, config, "data")
+    if config.kind == "procedural":
+        reshape = config.crop not in (None, config.size) or config.flip
+        transform = ImageTransform(None, config.crop, config.random_crop, config.flip) if reshape else None
+        return ProceduralShapes(config.size, config.length, config.num_classes, config.seed, transform)
+    transform = ImageTransform(config.size, config.crop, config.random_crop, config.flip)
+    path = Path(config.path)
+    if config.kind == "folder":
+        dataset = ImageFolder(path, transform)
+    elif config.kind == "filelist":
+        dataset = ImageFileList(path, config.root, transform)
+    elif config.kind == "classes":
+        dataset = ClassFolder(path, transform)
+    else:
+        images, segmentations = (path, Path(config.segmentations)) if config.segmentations else \
+            (path / "images", path / "segmentations")
+        dataset = SegmentationPairs(images, segmentations, transform)
+    if config.scan:
+        dataset.scan()
+    return dataset
