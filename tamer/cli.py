@@ -9,6 +9,7 @@ from pathlib import Path
 from .checkpoints import CheckpointError
 from .config import ConfigError
 from .imageio import ImageError
+from .train.trainer import TrainingDiverged
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args) or 0
     except (CheckpointError, ConfigError, ImageError, FileNotFoundError, ValueError) as error:
         print(f"tamer {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except TrainingDiverged as error:
+        print(f"tamer {args.command}: {error}", file=sys.stderr)
         return 1
 
 
@@ -64,6 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("checkpoint", type=Path, help="the original .ckpt")
     sub.add_argument("--config", type=Path, help="its project.yaml (found beside it when omitted)")
     sub.add_argument("--out", type=Path, required=True, help="output folder")
+
+    train = commands.add_parser("train", help="Train a model from a preset.", description="Train a model from a preset.")
+    stages = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    sub = stages.add_parser("vqgan", help="Train a VQGAN (stage 1).", description="Train a VQGAN (stage 1). "
+                            "Run under `torchrun --nproc_per_node N` for several processes.")
+    sub.set_defaults(run=_train_vqgan)
+    sub.add_argument("--config", type=Path, help="a preset YAML (see configs/)")
+    sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.steps=2000 model.quantizer.num_codes=512")
+    sub.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, metrics.jsonl, images, model/")
+    sub.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
 
     sub = command("demo", "Reconstruct the photos bundled with scikit-image and write them with their PSNR.", _demo)
     sub.add_argument("--model", help="a tamer checkpoint or CompVis .ckpt (default: a freshly initialised VQGAN)")
@@ -126,6 +140,15 @@ def _convert(args) -> int:
     model.save(args.out)
     print(f"converted {args.checkpoint} -> {args.out} ({type(model).__name__}, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")
+    return 0
+
+
+def _train_vqgan(args) -> int:
+    from .train.vqgan_run import load_run_config, train_vqgan
+
+    config = load_run_config(args.config, args.overrides)
+    logs = train_vqgan(config, args.out, resume=args.resume)
+    print(f"done: model in {args.out / 'model'}; last step: " + ", ".join(f"{k}={v:.4g}" for k, v in logs.items()))
     return 0
 
 

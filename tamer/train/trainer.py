@@ -1,0 +1,327 @@
+"""The training loop shared by both stages.
+
+The trainer knows nothing of a model's insides: a *task* (see :class:`Task`) names its modules and optimizers and
+yields ``(optimizer_name, loss, logs)`` for a batch. The trainer wraps modules in DistributedDataParallel when
+``torchrun`` started several processes, runs forward passes under autocast and backward passes outside it,
+accumulates gradients, steps optimizers, the learning-rate schedule and the EMA, watches for NaN/Inf, validates, writes PNG grids,
+JSONL metrics and atomic checkpoints, and resumes all of it exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ..imageio import save_image
+from . import checkpointing as ckpt
+from .config import TrainConfig
+from .distributed import DistributedContext, barrier, setup
+from .sampling import ResumableSampler, SeededItems
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or Inf; the last checkpoint on disk is the last good state."""
+
+
+class Task(Protocol):
+    model_name: str  # the module that is exported, validated and averaged by EMA
+
+    def modules(self) -> dict[str, nn.Module]: ...
+
+    def optimizer_modules(self) -> dict[str, list[str]]: ...
+
+    def step(self, modules: dict[str, nn.Module], batch: Any, step: int) -> Iterator[tuple[str, torch.Tensor, dict]]: ...
+
+    def validate(self, model: nn.Module, batches: Iterator[Any]) -> dict[str, float]: ...
+
+    def images(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]: ...
+
+    def export(self, model: nn.Module, directory: Path) -> None: ...
+
+
+def image_steps(step: int, every: int) -> bool:
+    """1, 2, 5, 10, 20, 50, ... below ``every``, then every ``every`` steps."""
+    if step % every == 0:
+        return True
+    magnitude = 10 ** int(math.log10(step)) if step > 0 else 1
+    return step < every and step in (magnitude, 2 * magnitude, 5 * magnitude)
+
+
+def learning_rate_factor(config: TrainConfig):
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        if config.schedule == "constant":
+            return 1.0
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+class Trainer:
+    def __init__(self, task: Task, config: TrainConfig, train_data: Dataset, run_dir: str | Path,
+                 val_data: Dataset | None = None, run_config: dict | None = None,
+                 context: DistributedContext | None = None):
+        self.task, self.config, self.run = task, config, Path(run_dir)
+        self.ctx = context or setup(config.device)
+        self.device = self.ctx.device
+        self.val_data = val_data
+        self.run_config = run_config or {}
+        torch.manual_seed(config.seed + self.ctx.rank)
+
+        self.raw = {name: module.to(self.device) for name, module in task.modules().items()}
+        self.wrapped = {name: self._wrap(module) for name, module in self.raw.items()}
+        self.optimizers = {name: torch.optim.AdamW(
+            [p for m in names for p in self.raw[m].parameters() if p.requires_grad],
+            lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
+            for name, names in task.optimizer_modules().items()}
+        self.lr_factor = learning_rate_factor(config)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
+        model = self.raw[task.model_name]
+        self.ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
+                    if config.ema_decay else None)
+
+        self.sampler = ResumableSampler(len(train_data), config.seed, self.ctx.rank, self.ctx.world_size)
+        if len(self.sampler) < config.batch_size:
+            raise ValueError(f"data: {len(train_data)} items give this process {len(self.sampler)}, fewer than "
+                             f"train.batch_size={config.batch_size}")
+        self.train_data = SeededItems(train_data, config.seed)
+        self.step, self.epoch, self.position = 0, 0, 0
+        self._writer = None
+
+    # -- set-up helpers ---------------------------------------------------------------------------------------
+    def _wrap(self, module: nn.Module) -> nn.Module:
+        if not self.ctx.enabled or not any(p.requires_grad for p in module.parameters()):
+            return module
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids)
+
+    def _autocast(self):
+        if self.config.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _batches(self) -> Iterator[Any]:
+        """Training batches forever, keeping (epoch, position) current for checkpoints."""
+        while True:
+            self.sampler.set_position(self.epoch, self.position * self.config.batch_size)
+            # A generator of its own keeps the loader from drawing on the global RNG, which a resume would shift.
+            generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.epoch)
+            loader = DataLoader(self.train_data, batch_size=self.config.batch_size, sampler=self.sampler,
+                                num_workers=self.config.num_workers, drop_last=True, generator=generator,
+                                pin_memory=self.device.type == "cuda")
+            for batch in loader:
+                self.position += 1
+                yield _to(batch, self.device)
+            self.epoch, self.position = self.epoch + 1, 0
+
+    def exported_model(self) -> nn.Module:
+        """The model to export and validate: EMA weights with the live buffers when EMA is on."""
+        model = self.raw[self.task.model_name]
+        if self.ema is None:
+            return model
+        averaged = self.ema.module
+        for mine, live in zip(averaged.buffers(), model.buffers()):
+            mine.copy_(live)
+        return averaged
+
+    # -- the loop ----------------------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict[str, float]:
+        if resume:
+            self.restore()
+        if self.ctx.is_main:
+            self.run.mkdir(parents=True, exist_ok=True)
+            (self.run / "config.json").write_text(json.dumps(self.run_config, indent=2) + "\n")
+        batches = self._batches()
+        accum = self.config.grad_accum
+        progress = tqdm(total=self.config.steps, initial=self.step, disable=not self.ctx.is_main,
+                        desc=f"train {self.task.model_name}", dynamic_ncols=True)
+        last_logs: dict[str, float] = {}
+        started = time.perf_counter()
+        while self.step < self.config.steps:
+            self._set_learning_rates()
+            for optimizer in self.optimizers.values():
+                optimizer.zero_grad(set_to_none=True)
+            totals: dict[str, float] = {}
+            for micro in range(accum):
+                batch = next(batches)
+                sync = micro == accum - 1
+                with contextlib.ExitStack() as stack:
+                    if not sync:
+                        for module in self.wrapped.values():
+                            if isinstance(module, DistributedDataParallel):
+                                stack.enter_context(module.no_sync())
+                    for name, loss, logs in self._losses(batch):
+                        self._check_finite(name, loss)
+                        self.scaler.scale(loss / accum).backward()
+                        for key, value in logs.items():
+                            totals[key] = totals.get(key, 0.0) + float(value) / accum
+            self._optimizer_steps()
+            self.step += 1
+            if self.ema is not None:
+                self.ema.update_parameters(self.raw[self.task.model_name])
+            last_logs = totals
+            progress.update(1)
+            progress.set_postfix({k: f"{v:.4g}" for k, v in list(totals.items())[:4]})
+            self._after_step(totals, batch, started)
+        progress.close()
+        final = self.run / "model"
+        if self.ctx.is_main:
+            self.task.export(self.exported_model(), final)
+        barrier()
+        return last_logs
+
+    def _losses(self, batch) -> Iterator[tuple[str, torch.Tensor, dict]]:
+        """The task's losses, each forward pass under autocast, each backward pass (by the caller) outside it."""
+        steps = self.task.step(self.wrapped, batch, self.step)
+        while True:
+            with self._autocast():
+                try:
+                    item = next(steps)
+                except StopIteration:
+                    return
+            yield item
+
+    def _optimizer_steps(self) -> None:
+        for name, optimizer in self.optimizers.items():
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            if all(p.grad is None for p in params):
+                continue  # this optimizer had no loss this step (e.g. the discriminator before it starts)
+            if self.config.max_grad_norm:
+                self.scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+            self.scaler.step(optimizer)
+        self.scaler.update()
+
+    def _set_learning_rates(self) -> None:
+        """The schedule is a function of the step alone, so resuming needs no scheduler state."""
+        for optimizer in self.optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] = self.config.lr * self.lr_factor(self.step)
+
+    def _check_finite(self, name: str, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss).all():
+            last = ckpt.latest_checkpoint(self.run)
+            where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+            raise TrainingDiverged(f"step {self.step + 1}: the {name} loss is {loss.item()}; stopped, {where}. "
+                                   "Lower train.lr, try precision=fp32 or bf16, or resume with --resume.")
+
+    def _after_step(self, logs: dict[str, float], batch: Any, started: float) -> None:
+        c = self.config
+        if self.ctx.is_main and (self.step % c.log_every == 0 or self.step == c.steps):
+            record = {"step": self.step, "epoch": self.epoch, "lr": self.config.lr * self.lr_factor(self.step - 1),
+                      "elapsed_s": round(time.perf_counter() - started, 3), **logs}
+            self._log(record)
+        if self.ctx.is_main and image_steps(self.step, c.image_every):
+            with torch.no_grad():
+                model = self.exported_model()
+                was_training = model.training
+                model.eval()
+                for name, grid in self.task.images(model, batch).items():
+                    save_image(grid, self.run / "images" / f"step-{self.step:08d}-{name}.png")
+                model.train(was_training)
+        if self.val_data is not None and (self.step % c.val_every == 0 or self.step == c.steps):
+            self.validate()
+        if self.step % c.checkpoint_every == 0 or self.step == c.steps:
+            self.save_checkpoint()
+
+    def validate(self) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        if self.ctx.is_main:
+            loader = DataLoader(self.val_data, batch_size=self.config.batch_size, shuffle=False,
+                                num_workers=self.config.num_workers)
+            model = self.exported_model()
+            was_training = model.training
+            model.eval()
+            batches = (_to(b, self.device) for i, b in zip(range(self.config.val_batches), loader))
+            with torch.no_grad(), self._autocast():
+                metrics = self.task.validate(model, batches)
+            model.train(was_training)
+            self._log({"step": self.step, **{f"val/{k}": v for k, v in metrics.items()}})
+        barrier()
+        return metrics
+
+    def _log(self, record: dict) -> None:
+        self.run.mkdir(parents=True, exist_ok=True)
+        with open(self.run / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.config.tensorboard:
+            if self._writer is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(self.run / "tensorboard")
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._writer.add_scalar(key, value, record["step"])
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        tmp = ckpt.step_folder(self.run, self.step).with_name(f"step-{self.step:08d}.tmp")
+        if self.ctx.is_main:
+            tmp = ckpt.temporary_folder(self.run, self.step)
+        barrier()
+        ckpt.save_state(ckpt.rng_state(self.device), tmp / f"rng-rank{self.ctx.rank}.pt")
+        if self.ctx.is_main:
+            for name, module in self.raw.items():
+                ckpt.save_weights(module, tmp / f"{name}.safetensors")
+            if self.ema is not None:
+                ckpt.save_weights(self.ema, tmp / "ema.safetensors")
+            self.task.export(self.exported_model(), tmp / "model")
+            ckpt.save_state({
+                "step": self.step, "epoch": self.epoch, "position": self.position,
+                "world_size": self.ctx.world_size,
+                "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
+                "scaler": self.scaler.state_dict(),
+            }, tmp / "training_state.pt")
+        barrier()
+        final = tmp.with_name(tmp.name[: -len(".tmp")])
+        if self.ctx.is_main:
+            final = ckpt.finish(tmp, self.config.keep_checkpoints)
+        barrier()
+        return final
+
+    def restore(self) -> bool:
+        """Load the newest complete checkpoint of the run, if any; returns whether one was found."""
+        folder = ckpt.latest_checkpoint(self.run)
+        if folder is None:
+            if self.ctx.is_main:
+                print(f"--resume: no checkpoint in {self.run / 'checkpoints'}, starting from step 0")
+            return False
+        state = ckpt.load_state(folder / "training_state.pt")
+        if state["world_size"] != self.ctx.world_size:
+            raise ValueError(f"{folder}: written by {state['world_size']} processes, resumed with "
+                             f"{self.ctx.world_size}; the data order would differ")
+        for name, module in self.raw.items():
+            ckpt.load_weights(module, folder / f"{name}.safetensors")
+        if self.ema is not None:
+            ckpt.load_weights(self.ema, folder / "ema.safetensors")
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
+        ckpt.set_rng_state(ckpt.load_state(folder / f"rng-rank{self.ctx.rank}.pt"), self.device)
+        if self.ctx.is_main:
+            print(f"resumed from {folder} at step {self.step}")
+        return True
+
+
+def _to(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to(v, device) for v in batch)
+    return batch

@@ -1,0 +1,101 @@
+"""Stage 1 as a trainer task: the VQGAN (generator) and its discriminator, with live codebook statistics."""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from torchvision.utils import make_grid
+
+from ..losses import VQGANLoss
+from ..metrics.image import psnr, ssim
+from ..vqgan import VQGAN
+from .distributed import all_reduce_sum
+
+
+def codebook_statistics(counts: torch.Tensor) -> dict[str, float]:
+    """Usage (share of codes used), perplexity and dead-code count of a vector of code counts."""
+    total = counts.sum()
+    probabilities = counts / total.clamp_min(1)
+    entropy = -(probabilities * probabilities.clamp_min(1e-12).log()).sum()
+    used = int((counts > 0).sum())
+    return {"codebook_usage": used / counts.numel(), "perplexity": float(entropy.exp()),
+            "dead_codes": counts.numel() - used}
+
+
+class VQGANTask:
+    """Generator step (reconstruction + perceptual + adaptive GAN + codebook losses), then discriminator step."""
+
+    model_name = "vqgan"
+
+    def __init__(self, model: VQGAN, loss: VQGANLoss, image_key: str = "image", usage_window: int = 100):
+        self.model, self.loss, self.image_key = model, loss, image_key
+        self.recent_counts: deque[torch.Tensor] = deque(maxlen=usage_window)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"vqgan": self.model, "discriminator": self.loss.discriminator}
+
+    def optimizer_modules(self) -> dict[str, list[str]]:
+        return {"generator": ["vqgan"], "discriminator": ["discriminator"]}
+
+    def _images(self, batch: Any) -> torch.Tensor:
+        if self.image_key not in batch:
+            raise KeyError(f"batch has no {self.image_key!r} (keys: {sorted(batch)}); set image_key in the config")
+        return batch[self.image_key]
+
+    def step(self, modules: dict[str, nn.Module], batch: Any, step: int) -> Iterator[tuple[str, torch.Tensor, dict]]:
+        images = self._images(batch)
+        out = modules["vqgan"](images)
+        loss, logs = self.loss.generator_loss(images, out.reconstruction, out.quantizer_loss, self.model.last_layer,
+                                              step)
+        logs.update(self._live_usage(out.indices))
+        yield "generator", loss, logs
+        if self.loss.discriminator_active(step):
+            d_loss, d_logs = self.loss.discriminator_loss(images, out.reconstruction, step,
+                                                          discriminator=modules["discriminator"])
+            yield "discriminator", d_loss, d_logs
+
+    def _live_usage(self, indices: torch.Tensor) -> dict[str, float]:
+        """Codebook statistics over the last ``usage_window`` steps, counted on every rank."""
+        counts = torch.bincount(indices.flatten(), minlength=self.model.vocab_size).float()
+        self.recent_counts.append(all_reduce_sum(counts).cpu())
+        return codebook_statistics(torch.stack(list(self.recent_counts)).sum(0))
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module, batches: Iterator[Any]) -> dict[str, float]:
+        sums: dict[str, float] = {"psnr": 0.0, "ssim": 0.0, "l1": 0.0}
+        lpips = self.loss.perceptual_loss
+        if lpips is not None:
+            sums["lpips"] = 0.0
+        counts = torch.zeros(model.vocab_size)
+        seen = 0
+        for batch in batches:
+            images = self._images(batch).float()
+            out = model(images)
+            reconstruction = out.reconstruction.float().clamp(-1, 1)
+            sums["psnr"] += psnr(reconstruction, images).sum().item()
+            sums["l1"] += (reconstruction - images).abs().flatten(1).mean(1).sum().item()
+            if images.shape[1] in (1, 3) and min(images.shape[-2:]) >= 11:
+                sums["ssim"] += ssim(reconstruction, images).sum().item()
+            if lpips is not None:
+                sums["lpips"] += lpips(images, reconstruction).sum().item()
+            counts += torch.bincount(out.indices.flatten().cpu(), minlength=model.vocab_size).float()
+            seen += images.shape[0]
+        metrics = {k: v / max(seen, 1) for k, v in sums.items()}
+        metrics.update(codebook_statistics(counts))
+        return metrics
+
+    @torch.no_grad()
+    def images(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        images = self._images(batch)[:8].float()
+        reconstruction = model(images).reconstruction.float().clamp(-1, 1)
+        if hasattr(model, "colorize") and images.shape[1] > 3:
+            images, reconstruction = model.to_rgb(images), model.to_rgb(reconstruction)
+        grid = make_grid(torch.cat([images, reconstruction]), nrow=images.shape[0], padding=2, pad_value=1.0)
+        return {"inputs-reconstructions": grid}
+
+    def export(self, model: nn.Module, directory: Path) -> None:
+        model.save(directory)
