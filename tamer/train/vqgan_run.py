@@ -39,7 +39,8 @@ def train_vqgan(config: VQGANRunConfig, run_dir: str | Path, resume: bool = Fals
     try:
         torch.manual_seed(config.train.seed)  # the same initial weights for any number of processes
         model = VQGAN(config.model)
-        loss = VQGANLoss.from_config(config.loss, config.vgg_path)
+        loss = VQGANLoss.from_config(config.loss, config.vgg_path).to(context.device)  # LPIPS too, not only the
+        # discriminator that the trainer moves
         task = VQGANTask(model, loss, image_key=config.image_key)
         train_data = build_dataset(config.data)
         val_data = build_dataset(config.val_data) if config.val_data is not None else None

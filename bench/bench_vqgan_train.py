@@ -1,0 +1,103 @@
+"""Seconds per VQGAN training step, tamer against the original CompVis modules, same weights, same process.
+
+    .venv/bin/python bench/bench_vqgan_train.py [--size 256] [--batch 4] [--repeats 3] [--device cpu]
+
+A step: forward through encoder, quantizer and decoder; L1 + codebook loss + the hinge generator term weighted by
+the adaptive weight (gradients of both terms on the decoder's last layer); backward; Adam step. LPIPS is left out
+of both sides (its VGG16 weights are not on this machine; it costs the same in both). The discriminator's own step
+is included too. Prints a markdown table with the machine and the ratio to the original.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+
+import torch
+from bench_vqgan import machine, median_seconds, original_modules
+
+from tamer.losses import VQGANLoss, VQGANLossConfig, adaptive_weight, hinge_d_loss
+from tamer.nn.quantize import QuantizerConfig
+from tamer.vqgan import VQGAN, VQGANConfig
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+
+    from taming.modules.discriminator.model import NLayerDiscriminator
+    from taming.modules.losses.vqperceptual import hinge_d_loss as original_hinge
+
+    torch.manual_seed(0)
+    model = VQGAN(VQGANConfig(quantizer=QuantizerConfig(num_codes=1024, embed_dim=256, legacy_loss=True))).to(device)
+    loss = VQGANLoss(VQGANLossConfig(disc_start=0, perceptual_weight=0.0, disc_weight=0.8)).to(device)
+    encoder, decoder, quantizer = (m.to(device).train() for m in original_modules(model))
+    with contextlib.redirect_stdout(io.StringIO()):
+        original_disc = NLayerDiscriminator(input_nc=3, n_layers=3).to(device)
+    original_disc.load_state_dict(loss.discriminator.state_dict())
+    quant_conv, post_quant_conv = (torch.nn.Conv2d(256, 256, 1).to(device) for _ in range(2))
+    quant_conv.load_state_dict(model.quant_conv.state_dict())
+    post_quant_conv.load_state_dict(model.post_quant_conv.state_dict())
+    images = torch.rand(args.batch, 3, args.size, args.size, device=device) * 2 - 1
+
+    original_params = [*encoder.parameters(), *decoder.parameters(), *quantizer.parameters(),
+                       *quant_conv.parameters(), *post_quant_conv.parameters()]
+    original_opt = torch.optim.Adam(original_params, lr=1e-6, betas=(0.5, 0.9))
+    original_disc_opt = torch.optim.Adam(original_disc.parameters(), lr=1e-6, betas=(0.5, 0.9))
+
+    def original_step():
+        z_q, q_loss, _ = quantizer(quant_conv(encoder(images)))
+        reconstruction = decoder(post_quant_conv(z_q))
+        nll = (images - reconstruction).abs().mean()
+        g_loss = -original_disc(reconstruction).mean()
+        nll_grad = torch.autograd.grad(nll, decoder.conv_out.weight, retain_graph=True)[0]
+        g_grad = torch.autograd.grad(g_loss, decoder.conv_out.weight, retain_graph=True)[0]
+        weight = (nll_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0, 1e4).detach() * 0.8
+        total = nll + weight * g_loss + q_loss
+        original_opt.zero_grad()
+        total.backward()
+        original_opt.step()
+        d_loss = original_hinge(original_disc(images), original_disc(reconstruction.detach()))
+        original_disc_opt.zero_grad()
+        d_loss.backward()
+        original_disc_opt.step()
+
+    ours_opt = torch.optim.Adam(model.parameters(), lr=1e-6, betas=(0.5, 0.9))
+    ours_disc_opt = torch.optim.Adam(loss.discriminator.parameters(), lr=1e-6, betas=(0.5, 0.9))
+
+    def tamer_step(channels_last: bool = False):
+        batch = images.contiguous(memory_format=torch.channels_last) if channels_last else images
+        out = model(batch)
+        total, _ = loss.generator_loss(batch, out.reconstruction, out.quantizer_loss, model.last_layer, step=1)
+        ours_opt.zero_grad()
+        total.backward()
+        ours_opt.step()
+        d_loss, _ = loss.discriminator_loss(batch, out.reconstruction, step=1)
+        ours_disc_opt.zero_grad()
+        d_loss.backward()
+        ours_disc_opt.step()
+
+    assert adaptive_weight and hinge_d_loss  # the same loss pieces the trainer uses
+    model.train()
+    rows = [("original (CompVis modules)", "fp32", median_seconds(original_step, args.repeats, device)),
+            ("tamer", "fp32", median_seconds(tamer_step, args.repeats, device))]
+    model.to(memory_format=torch.channels_last)
+    loss.to(memory_format=torch.channels_last)
+    rows.append(("tamer", "fp32 channels_last", median_seconds(lambda: tamer_step(True), args.repeats, device)))
+
+    print(f"\nVQGAN f16 training step (generator + discriminator, no LPIPS), {args.size}×{args.size}, batch "
+          f"{args.batch}, median of {args.repeats}; torch {torch.__version__}; {machine()}\n")
+    print("| implementation | precision | s/step | × original |")
+    print("|---|---|---|---|")
+    for name, precision, seconds in rows:
+        print(f"| {name} | {precision} | {seconds:.2f} | {rows[0][2] / seconds:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
