@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -148,7 +149,8 @@ def _train_vqgan(args) -> int:
 
     config = load_run_config(args.config, args.overrides)
     logs = train_vqgan(config, args.out, resume=args.resume)
-    print(f"done: model in {args.out / 'model'}; last step: " + ", ".join(f"{k}={v:.4g}" for k, v in logs.items()))
+    if os.environ.get("RANK", "0") == "0":
+        print(f"done: model in {args.out / 'model'}; last step: " + ", ".join(f"{k}={v:.4g}" for k, v in logs.items()))
     return 0
 
 

@@ -18,35 +18,40 @@ class ImageError(ValueError):
     """A file is not a readable image; the message names it."""
 
 
-def read_image(path: str | Path, channels: int = 3) -> tuple[torch.Tensor, list[str]]:
-    """Decode ``path`` to a ``C×H×W`` float tensor in [-1, 1], plus notes on any conversion made.
-
-    Grayscale, palette and RGBA files are converted (alpha is composited on white) and the note says so.
-    """
+def open_image(path: str | Path) -> Image.Image:
+    """Open and fully decode ``path`` with Pillow; a missing, non-image or corrupt file is an ImageError naming it."""
     path = Path(path)
-    notes: list[str] = []
     try:
         with Image.open(path) as image:
             image.load()
-            mode = image.mode
-            if channels == 1:
-                converted = image.convert("L")
-            else:
-                if mode in ("RGBA", "LA") or (mode == "P" and "transparency" in image.info):
-                    rgba = image.convert("RGBA")
-                    converted = Image.new("RGB", rgba.size, (255, 255, 255))
-                    converted.paste(rgba, mask=rgba.getchannel("A"))
-                    notes.append(f"{path}: {mode} image, alpha composited on white")
-                else:
-                    converted = image.convert("RGB")
-                    if mode not in ("RGB",):
-                        notes.append(f"{path}: {mode} image converted to RGB")
+            return image.copy()
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image (or a format Pillow cannot read)") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"{path}: corrupt or truncated image ({error})") from None
+
+
+def read_image(path: str | Path, channels: int = 3) -> tuple[torch.Tensor, list[str]]:
+    """Decode ``path`` to a ``C×H×W`` float tensor in [-1, 1], plus notes on any conversion made.
+
+    Grayscale, palette and RGBA files are converted (alpha is composited on white) and the note says so.
+    """
+    image = open_image(path)
+    notes: list[str] = []
+    mode = image.mode
+    if channels == 1:
+        converted = image.convert("L")
+    elif mode in ("RGBA", "LA") or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        converted = Image.new("RGB", rgba.size, (255, 255, 255))
+        converted.paste(rgba, mask=rgba.getchannel("A"))
+        notes.append(f"{path}: {mode} image, alpha composited on white")
+    else:
+        converted = image.convert("RGB")
+        if mode != "RGB":
+            notes.append(f"{path}: {mode} image converted to RGB")
     array = np.asarray(converted, dtype=np.float32)
     if array.ndim == 2:
         array = array[:, :, None]

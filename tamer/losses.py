@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -82,6 +83,12 @@ def adaptive_weight(rec_loss: torch.Tensor, gan_loss: torch.Tensor, last_layer: 
         return torch.zeros((), device=rec_loss.device)
     (rec_grad,) = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)
     (gan_grad,) = torch.autograd.grad(gan_loss, last_layer, retain_graph=True)
+    if dist.is_available() and dist.is_initialized():
+        # The gradients of the global batch, so that every rank uses the same weight (the one a single process
+        # with the whole batch would compute).
+        grads = torch.stack([rec_grad, gan_grad])
+        dist.all_reduce(grads)
+        rec_grad, gan_grad = grads / dist.get_world_size()
     weight = torch.linalg.vector_norm(rec_grad) / (torch.linalg.vector_norm(gan_grad) + 1e-4)
     return weight.clamp(0.0, 1e4).detach() * scale
 

@@ -137,3 +137,27 @@ def test_presets_are_valid(preset):
 
 def test_image_schedule_grows():
     assert [s for s in range(1, 3001) if image_steps(s, 1000)] == [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 3000]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_steps(precision, tmp_path):
+    config = load_run_config(ROOT / "configs/vqgan_tiny_cpu.yaml", MICRO + [
+        "train.steps=3", f"train.precision={precision}", "loss.disc_start=1", "loss.disc_warmup_steps=0"])
+    logs = train_vqgan(config, tmp_path)
+    assert all(torch.isfinite(torch.tensor(v)) for v in logs.values())
+    assert logs["d_weight"] > 0
+    assert tamer.load(tmp_path / "model").encode(torch.zeros(1, 3, 16, 16)).shape == (1, 8, 8)
+
+
+def test_training_on_a_folder_skips_corrupt_files(tmp_path, capsys):
+    from tamer.data import write_procedural_dataset
+
+    write_procedural_dataset(tmp_path / "data", count=12, size=16, progress=False)
+    folder = tmp_path / "data" / "images"
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (folder / "notes.png").write_text("text")
+    assert cli(["train", "vqgan", "--config", str(ROOT / "configs/vqgan_tiny_cpu.yaml"), *MICRO,
+                "data.kind=folder", f"data.path={folder}", "val_data=null", "train.steps=6",
+                "loss.disc_start=100", "loss.disc_warmup_steps=0", "--out", str(tmp_path / "run")]) == 0
+    assert tamer.load(tmp_path / "run" / "model") is not None
+    assert len(losses_by_step(tmp_path / "run")) == 6

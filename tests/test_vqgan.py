@@ -152,3 +152,20 @@ def test_segmentation_colorize_buffer():
     assert model.to_rgb(torch.randn(2, 5, 8, 8)).shape == (2, 3, 8, 8)
     with pytest.raises(ValueError, match="colorize"):
         tiny_vqgan().to_rgb(torch.randn(1, 5, 8, 8))
+
+
+def test_kmeans_initialisation_puts_codes_on_the_clusters():
+    torch.manual_seed(0)
+    centres = torch.randn(6, 4) * 3
+    points = centres[torch.arange(600) % 6] + 0.05 * torch.randn(600, 4)
+    z = points.T.reshape(1, 4, 20, 30)
+    quantizer = build_quantizer(QuantizerConfig(num_codes=12, embed_dim=4, kmeans_init=True, kmeans_iters=20))
+    before = quantizer.eval()(z).loss.item()
+    quantizer.train()(z)
+    assert bool(quantizer.initialized)
+    error = (centres[:, None] - quantizer.embedding.weight[None]).norm(dim=-1).min(dim=1).values
+    assert (error < 0.1).all()
+    assert quantizer.eval()(z).loss.item() < 0.01 * before
+    frozen = quantizer.embedding.weight.clone()
+    quantizer.train()(z * 2)  # only the first training batch initialises
+    assert torch.equal(quantizer.embedding.weight, frozen)

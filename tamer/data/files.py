@@ -15,11 +15,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..imageio import ImageError, read_image
+from ..imageio import ImageError, open_image, read_image
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +45,9 @@ def read_label_map(path: str | Path) -> torch.Tensor:
     as is a missing or corrupt file, so datasets skip it like an unreadable image.
     """
     path = Path(path)
-    try:
-        with Image.open(path) as image:
-            image.load()
-            mode = image.mode
-            array = np.asarray(image)
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image (or a format Pillow cannot read)") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageError(f"{path}: corrupt or truncated image ({error})") from None
+    image = open_image(path)
+    mode = image.mode
+    array = np.asarray(image)
     if array.dtype.kind == "f":
         raise ImageError(f"{path}: {mode} image holds floats; a segmentation needs integer labels")
     if array.ndim == 3:

@@ -35,6 +35,9 @@ class QuantizerConfig:
     ema: bool = False
     ema_decay: float = 0.99
     ema_eps: float = 1e-5
+    # vq: on the first training batch, k-means on the latents sets the codebook (then marked initialised).
+    kmeans_init: bool = False
+    kmeans_iters: int = 10
     # vq: a code unused for this many training steps is restarted from a recent latent (0: never).
     dead_code_threshold: int = 0
     # vq: l2-normalised codes and latents (cosine distance), for low-dimensional codebooks (ViT-VQGAN, LlamaGen).
@@ -138,6 +141,8 @@ class VectorQuantizer(_Quantizer):
             self.register_buffer("ema_embed_sum", torch.zeros(n, d))
         if config.dead_code_threshold > 0:
             self.register_buffer("steps_unused", torch.zeros(n, dtype=torch.long))
+        if config.kmeans_init:
+            self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
 
     def codebook(self) -> torch.Tensor:
         weight = self.embedding.weight
@@ -160,6 +165,8 @@ class VectorQuantizer(_Quantizer):
         if self.config.l2_normalize:
             z = F.normalize(z, dim=-1)
         flat = z.reshape(-1, d)
+        if self.config.kmeans_init and self.training and not self.initialized:
+            self._kmeans_init(flat.detach())
         with torch.no_grad():
             indices = self.nearest(flat)
         if self.training and (self.config.ema or self.config.dead_code_threshold > 0):
@@ -206,6 +213,29 @@ class VectorQuantizer(_Quantizer):
             dead = self.steps_unused >= self.config.dead_code_threshold
             if dead.any():
                 self._restart(dead, flat, distributed)
+
+    @torch.no_grad()
+    def _kmeans_init(self, flat: torch.Tensor) -> None:
+        """Lloyd's k-means on this batch's latents (rank 0's, broadcast) as the starting codebook."""
+        n = self.config.num_codes
+        centres = flat[torch.randint(0, flat.shape[0], (n,), device=flat.device)].clone()
+        for _ in range(self.config.kmeans_iters):
+            if self.config.l2_normalize:
+                centres = F.normalize(centres, dim=1)
+                assignment = (flat @ centres.t()).argmax(1)
+            else:
+                assignment = torch.cdist(flat, centres).argmin(1)
+            counts = torch.bincount(assignment, minlength=n).to(flat.dtype)
+            sums = torch.zeros_like(centres).index_add_(0, assignment, flat)
+            used = counts > 0  # an empty cluster keeps its centre
+            centres[used] = sums[used] / counts[used].unsqueeze(1)
+        if dist.is_available() and dist.is_initialized():
+            dist.broadcast(centres, src=0)
+        self.embedding.weight.copy_(centres)
+        if self.config.ema:
+            self.ema_embed_sum.copy_(centres)
+            self.ema_cluster_size.fill_(1.0)
+        self.initialized.fill_(True)
 
     def _restart(self, dead: torch.Tensor, flat: torch.Tensor, distributed: bool) -> None:
         """Move dead codes onto latents of the current batch (rank 0's choice, broadcast to all ranks)."""

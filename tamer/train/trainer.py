@@ -49,6 +49,10 @@ class Task(Protocol):
 
     def export(self, model: nn.Module, directory: Path) -> None: ...
 
+    def state_dict(self) -> dict: ...  # the task's own running state (tensors and plain values), for resume
+
+    def load_state_dict(self, state: dict) -> None: ...
+
 
 def image_steps(step: int, every: int) -> bool:
     """1, 2, 5, 10, 20, 50, ... below ``every``, then every ``every`` steps."""
@@ -284,6 +288,7 @@ class Trainer:
                 "world_size": self.ctx.world_size,
                 "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
                 "scaler": self.scaler.state_dict(),
+                "task": self.task.state_dict(),
             }, tmp / "training_state.pt")
         barrier()
         final = tmp.with_name(tmp.name[: -len(".tmp")])
@@ -310,6 +315,7 @@ class Trainer:
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
         self.scaler.load_state_dict(state["scaler"])
+        self.task.load_state_dict(state["task"])
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
         ckpt.set_rng_state(ckpt.load_state(folder / f"rng-rank{self.ctx.rank}.pt"), self.device)
         if self.ctx.is_main:

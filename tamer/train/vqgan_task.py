@@ -64,6 +64,13 @@ class VQGANTask:
         self.recent_counts.append(all_reduce_sum(counts).cpu())
         return codebook_statistics(torch.stack(list(self.recent_counts)).sum(0))
 
+    def state_dict(self) -> dict:
+        return {"recent_counts": list(self.recent_counts)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.recent_counts.clear()
+        self.recent_counts.extend(state["recent_counts"])
+
     @torch.no_grad()
     def validate(self, model: nn.Module, batches: Iterator[Any]) -> dict[str, float]:
         sums: dict[str, float] = {"psnr": 0.0, "ssim": 0.0, "l1": 0.0}
