@@ -161,3 +161,37 @@ def test_training_on_a_folder_skips_corrupt_files(tmp_path, capsys):
                 "loss.disc_start=100", "loss.disc_warmup_steps=0", "--out", str(tmp_path / "run")]) == 0
     assert tamer.load(tmp_path / "run" / "model") is not None
     assert len(losses_by_step(tmp_path / "run")) == 6
+
+
+def test_fine_tune_from_a_compvis_checkpoint_uses_its_discriminator_and_lpips(tmp_path, monkeypatch):
+    import lpips
+    from taming.modules.discriminator.model import NLayerDiscriminator
+    from test_taming_import import original_vqmodel, write_lightning_ckpt
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))  # no VGG16 file: the carried one is used
+    model_yaml = {"target": "taming.models.vqgan.VQModel", "params": {
+        "embed_dim": 8, "n_embed": 32, "ddconfig": {"double_z": False, "z_channels": 8, "resolution": 16,
+                                                    "in_channels": 3, "out_ch": 3, "ch": 32, "ch_mult": [1, 2],
+                                                    "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}}}
+    (tmp_path / "project.yaml").write_text(yaml.safe_dump({"model": model_yaml}))
+    original = original_vqmodel(model_yaml)
+    discriminator = NLayerDiscriminator(input_nc=3, ndf=16, n_layers=1)
+    with pytest.warns(UserWarning):
+        perceptual = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)
+    state = dict(original.state_dict())
+    state.update({f"loss.discriminator.{k}": v for k, v in discriminator.state_dict().items()})
+    state.update({f"loss.perceptual_loss.{k}": v for k, v in perceptual.state_dict().items()
+                  if not k.startswith("lins.")})
+    ckpt = write_lightning_ckpt(tmp_path / "last.ckpt", state, monkeypatch)
+
+    config = load_run_config(ROOT / "configs/vqgan_tiny_cpu.yaml", MICRO + [
+        f"init_from={ckpt}", f"init_config={tmp_path / 'project.yaml'}", "loss.perceptual_weight=1.0",
+        "train.steps=2", "loss.disc_start=100", "loss.disc_warmup_steps=0"])
+    logs = train_vqgan(config, tmp_path / "run")
+    assert logs["p_loss"] > 0  # LPIPS from the checkpoint's VGG16 and heads
+    step = tmp_path / "run" / "checkpoints" / "step-00000002"
+    from safetensors.torch import load_file
+
+    saved = load_file(step / "discriminator.safetensors")
+    assert all(torch.equal(saved[k], v) for k, v in discriminator.state_dict().items())  # not trained yet
+    assert tamer.load(tmp_path / "run" / "model").config.quantizer.legacy_loss  # the imported model's settings

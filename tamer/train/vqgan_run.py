@@ -7,9 +7,12 @@ from pathlib import Path
 
 import torch
 
-from ..config import from_dict, merge, parse_overrides, read_yaml, to_dict
+from ..checkpoints import load, load_state_dict_strict
+from ..compat.taming import read_taming_checkpoint, submodule_state
+from ..config import ConfigError, from_dict, merge, parse_overrides, read_yaml, to_dict
 from ..data import DataConfig, build_dataset
 from ..losses import VQGANLoss, VQGANLossConfig
+from ..nn.perceptual import lpips_from_compvis, lpips_unavailable_reason
 from ..vqgan import VQGAN, VQGANConfig
 from .config import TrainConfig
 from .distributed import setup, teardown
@@ -26,6 +29,11 @@ class VQGANRunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     image_key: str = "image"  # which entry of a data item is encoded ("image", "depth", ...)
     vgg_path: str | None = None  # VGG16 weights for LPIPS (default: the torch hub cache)
+    # Fine-tune: start from a tamer model folder or a CompVis .ckpt (with init_config, its project.yaml when not
+    # beside it). Its architecture replaces `model`; a CompVis file also gives the discriminator and, when no VGG16
+    # file is found, the LPIPS network it carries (loss.discriminator.*, loss.perceptual_loss.*).
+    init_from: str | None = None
+    init_config: str | None = None
 
 
 def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> VQGANRunConfig:
@@ -34,13 +42,37 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
     return from_dict(VQGANRunConfig, merge(document, parse_overrides(overrides or [])))
 
 
+def build_model_and_loss(config: VQGANRunConfig) -> tuple[VQGAN, VQGANLoss]:
+    """A fresh model and loss, or those a checkpoint named by ``init_from`` provides."""
+    if config.init_from is None:
+        return VQGAN(config.model), VQGANLoss.from_config(config.loss, config.vgg_path)
+    source = Path(config.init_from)
+    model = load(source, config=config.init_config)
+    if not isinstance(model, VQGAN):
+        raise ConfigError(f"init_from: {source} holds a {type(model).__name__}, not a VQGAN")
+    config.model = model.config
+    if source.is_dir() or source.name == "model.safetensors":
+        return model.train(), VQGANLoss.from_config(config.loss, config.vgg_path)
+    state = read_taming_checkpoint(source)
+    perceptual = None
+    if config.loss.perceptual_weight > 0:
+        perceptual = lpips_from_compvis(state) if lpips_unavailable_reason(config.vgg_path) else None
+        if perceptual is not None:
+            print(f"LPIPS: using the VGG16 and heads carried in {source}")
+    loss = VQGANLoss(config.loss, perceptual) if perceptual is not None else \
+        VQGANLoss.from_config(config.loss, config.vgg_path)
+    discriminator = submodule_state(state, "loss.discriminator.")
+    if discriminator:
+        load_state_dict_strict(loss.discriminator, discriminator, source=f"{source} (loss.discriminator.*)")
+    return model.train(), loss
+
+
 def train_vqgan(config: VQGANRunConfig, run_dir: str | Path, resume: bool = False) -> dict[str, float]:
     context = setup(config.train.device)
     try:
         torch.manual_seed(config.train.seed)  # the same initial weights for any number of processes
-        model = VQGAN(config.model)
-        loss = VQGANLoss.from_config(config.loss, config.vgg_path).to(context.device)  # LPIPS too, not only the
-        # discriminator that the trainer moves
+        model, loss = build_model_and_loss(config)
+        loss = loss.to(context.device)  # LPIPS too, not only the discriminator that the trainer moves
         task = VQGANTask(model, loss, image_key=config.image_key)
         train_data = build_dataset(config.data)
         val_data = build_dataset(config.val_data) if config.val_data is not None else None
