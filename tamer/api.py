@@ -23,7 +23,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def load_model(path: str | Path, config: str | Path | None = None, device: str | torch.device = "auto"):
-    return load(path, config=config, map_location=resolve_device(device))
+    """A model ready for inference (for a VQGAN: eval mode, channels-last weights)."""
+    model = load(path, config=config, map_location=resolve_device(device))
+    return model.for_inference() if hasattr(model, "for_inference") else model
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

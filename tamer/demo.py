@@ -34,7 +34,7 @@ def run_reconstruction_demo(out: Path, model: str | None = None, config: str | N
     out = Path(out)
     if model is None:
         torch.manual_seed(0)
-        vqgan = VQGAN(VQGANConfig()).to(api.resolve_device(device)).eval()
+        vqgan = VQGAN(VQGANConfig()).to(api.resolve_device(device)).for_inference()
         print("using a freshly initialised VQGAN (f16, 1024 codes): reconstructions are noise until it is trained "
               "or converted; pass --model for a trained one")
     else:

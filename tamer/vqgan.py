@@ -74,6 +74,13 @@ class VQGAN(nn.Module, Pretrained):
     def last_layer(self) -> torch.Tensor:
         return self.decoder.last_layer
 
+    def for_inference(self) -> "VQGAN":
+        """Eval mode with channels-last weights: about 1.2× faster encoding and decoding on the CPU (BENCHMARKS.md).
+
+        Training keeps the default layout, whose backward pass is the faster one here.
+        """
+        return self.eval().to(memory_format=torch.channels_last)
+
     def code_shape(self, height: int, width: int) -> tuple[int, int]:
         """The code grid of an image of this size; raises if a side is not a multiple of the factor."""
         f = self.downsample_factor

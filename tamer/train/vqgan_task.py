@@ -11,19 +11,10 @@ from torch import nn
 from torchvision.utils import make_grid
 
 from ..losses import VQGANLoss
+from ..metrics.codebook import codebook_statistics
 from ..metrics.image import psnr, ssim
 from ..vqgan import VQGAN
 from .distributed import all_reduce_sum
-
-
-def codebook_statistics(counts: torch.Tensor) -> dict[str, float]:
-    """Usage (share of codes used), perplexity and dead-code count of a vector of code counts."""
-    total = counts.sum()
-    probabilities = counts / total.clamp_min(1)
-    entropy = -(probabilities * probabilities.clamp_min(1e-12).log()).sum()
-    used = int((counts > 0).sum())
-    return {"codebook_usage": used / counts.numel(), "perplexity": float(entropy.exp()),
-            "dead_codes": counts.numel() - used}
 
 
 class VQGANTask:

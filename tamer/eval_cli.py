@@ -1,0 +1,165 @@
+"""``tamer eval``: parses the evaluation commands and calls :mod:`tamer.metrics`; no logic of its own beyond that.
+
+- ``tamer eval recon --model M --data DIR|procedural|data.yaml``: PSNR, SSIM, LPIPS, codebook use, rFID.
+- ``tamer eval samples --samples DIR --ref DIR|stats.npz``: FID, KID, IS, precision/recall.
+- ``tamer eval reference --images DIR --out stats.npz``: reference statistics, computed once and reused.
+
+Results are printed as a table and, with ``--out``, saved as JSON with their protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+#: the procedural data's default evaluation seed: held out from training (seed 0), as configs/vqgan_tiny_cpu.yaml
+PROCEDURAL_EVAL_SEED = 12345
+PROCEDURAL_EVAL_LENGTH = 1000
+
+
+def add_eval_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``eval`` and its subcommands on the ``tamer`` parser's subcommands; returns the ``eval`` parser."""
+    evaluate = commands.add_parser("eval", help="Evaluate a VQGAN's reconstructions or a set of samples.",
+                                   description="Evaluate a VQGAN's reconstructions or a set of samples; results are "
+                                               "printed as a table and saved as JSON with their protocol.")
+    kinds = evaluate.add_subparsers(dest="evaluation", metavar="WHAT", required=True)
+
+    sub = kinds.add_parser("recon", help="PSNR, SSIM, LPIPS, codebook usage/perplexity and rFID of a VQGAN.",
+                           description="Reconstruct a dataset with a VQGAN: PSNR, SSIM, LPIPS, codebook usage and "
+                                       "perplexity over the whole set, and rFID (reconstructions vs originals).")
+    sub.set_defaults(run=run_recon)
+    sub.add_argument("--model", required=True, help="tamer checkpoint folder, or a CompVis .ckpt")
+    sub.add_argument("--config", help="project.yaml of a CompVis .ckpt (found beside it when omitted)")
+    sub.add_argument("--data", required=True,
+                     help="an image folder, 'procedural' (the built-in shapes), or a YAML file holding a data config")
+    sub.add_argument("--size", type=int, help="image side: shorter side resized, then centre-cropped square "
+                                              "(default: the model's training resolution)")
+    sub.add_argument("--limit", type=int, help="evaluate the first N images only (procedural: draw N; default "
+                                               f"{PROCEDURAL_EVAL_LENGTH})")
+    sub.add_argument("--seed", type=int, default=PROCEDURAL_EVAL_SEED,
+                     help=f"seed of the procedural data (default {PROCEDURAL_EVAL_SEED}, held out from training)")
+    sub.add_argument("--vgg", type=Path, help="VGG16 weights for LPIPS (default: torchvision's cache file)")
+    sub.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    sub.add_argument("--no-fid", action="store_true", help="skip rFID")
+    _common_options(sub, batch_size=8)
+
+    sub = kinds.add_parser("samples", help="FID, KID, IS and precision/recall of generated images.",
+                           description="FID, KID, IS and precision/recall of a folder of samples against a reference "
+                                       "folder or saved reference statistics (.npz).")
+    sub.set_defaults(run=run_samples)
+    sub.add_argument("--samples", type=Path, required=True, help="folder of generated images")
+    sub.add_argument("--ref", type=Path, required=True, help="folder of real images, or reference statistics .npz")
+    sub.add_argument("--limit", type=int, help="use the first N samples only")
+    sub.add_argument("--save-ref", type=Path, help="save the reference folder's statistics to this .npz for reuse")
+    _common_options(sub, batch_size=50)
+
+    sub = kinds.add_parser("reference", help="Compute reference statistics (.npz) of a folder of real images once.",
+                           description="Compute reference statistics of a folder of real images and save them as "
+                                       ".npz (keys mu, sigma as ADM/MAR; plus features for KID and precision/recall).")
+    sub.set_defaults(run=run_reference)
+    sub.add_argument("--images", type=Path, required=True, help="folder of real images")
+    sub.add_argument("--limit", type=int, help="use the first N images only")
+    sub.add_argument("--no-features", action="store_true",
+                     help="store only mu and sigma (smaller; KID and precision/recall then need the folder)")
+    _common_options(sub, batch_size=50, out_help="output .npz", out_required=True)
+    return evaluate
+
+
+def _common_options(sub: argparse.ArgumentParser, batch_size: int, out_help: str = "save results as JSON here",
+                    out_required: bool = False) -> None:
+    sub.add_argument("--inception", type=Path,
+                     help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth (default: in "
+                          "torch.hub.get_dir()/checkpoints)")
+    sub.add_argument("--features", metavar="ARCH[=PATH]",
+                     help="a torchvision classifier standing in for Inception (e.g. resnet50=/w/resnet50.pth); "
+                          "results are then named FD_ARCH, KD_ARCH, ... instead of FID, KID")
+    sub.add_argument("--batch-size", type=int, default=batch_size, help=f"default {batch_size}")
+    sub.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding images (default 0)")
+    sub.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    sub.add_argument("--out", type=Path, required=out_required, help=out_help)
+
+
+def _stand_in(spec: str | None):
+    if spec is None:
+        return None
+    from .metrics.features import torchvision_stand_in
+
+    arch, _, path = spec.partition("=")
+    return torchvision_stand_in(arch, path or None)
+
+
+def data_config(spec: str, size: int | None, default_size: int, limit: int | None, seed: int):
+    """``--data`` as a DataConfig: a folder, ``procedural``, or a YAML file (its ``data:`` section or the whole).
+
+    ``size`` (``--size``) wins over a YAML file's own; folders and procedural data default to ``default_size``.
+    """
+    from dataclasses import replace
+
+    from .config import from_dict, read_yaml
+    from .data import DataConfig
+
+    if spec != "procedural" and Path(spec).suffix in (".yaml", ".yml") and Path(spec).is_file():
+        raw = read_yaml(spec)
+        config = from_dict(DataConfig, raw.get("data", raw), "data")
+        return replace(config, size=size, crop=None) if size is not None else config
+    size = size or default_size
+    if spec == "procedural":
+        return DataConfig(kind="procedural", size=size, length=limit or PROCEDURAL_EVAL_LENGTH, seed=seed)
+    path = Path(spec)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--data: {spec} is neither an image folder, 'procedural', nor a YAML data config")
+    return DataConfig(kind="folder", path=str(path), size=size)
+
+
+def _finish(result, out: Path | None) -> int:
+    print(result.table())
+    if out is not None:
+        result.save(out)
+        print(f"wrote {out}")
+    return 0
+
+
+def run_recon(args) -> int:
+    from .api import load_model
+    from .config import to_dict
+    from .data import build_dataset
+    from .metrics import evaluate_reconstructions
+
+    model = load_model(args.model, config=args.config, device=args.device)
+    if not hasattr(model.config, "autoencoder"):
+        raise ValueError(f"{args.model}: `tamer eval recon` needs a VQGAN, this is a {type(model).__name__}")
+    config = data_config(args.data, args.size, model.config.autoencoder.resolution, args.limit, args.seed)
+    side = config.crop or config.size
+    if side % model.downsample_factor:
+        raise ValueError(f"--size: {side} is not a multiple of the model's downsampling factor "
+                         f"{model.downsample_factor}")
+    dataset = build_dataset(config)
+    result = evaluate_reconstructions(
+        model, dataset, limit=args.limit, batch_size=args.batch_size, num_workers=args.workers,
+        features=_stand_in(args.features), inception_path=args.inception, fid=not args.no_fid, vgg_path=args.vgg,
+        lpips=not args.no_lpips, data_protocol={"spec": args.data, "config": to_dict(config)})
+    skipped = getattr(dataset, "skipped", None)
+    if skipped:
+        result.notes.append(f"{len(skipped)} unreadable files were skipped (replaced by the next readable one)")
+    return _finish(result, args.out)
+
+
+def run_samples(args) -> int:
+    from .metrics import evaluate_samples
+
+    result = evaluate_samples(args.samples, args.ref, features=_stand_in(args.features),
+                              inception_path=args.inception, batch_size=args.batch_size, device=args.device,
+                              limit=args.limit, num_workers=args.workers, save_reference=args.save_ref)
+    return _finish(result, args.out)
+
+
+def run_reference(args) -> int:
+    from .metrics import compute_reference
+
+    reference = compute_reference(args.images, features=_stand_in(args.features), inception_path=args.inception,
+                                  batch_size=args.batch_size, device=args.device, limit=args.limit,
+                                  num_workers=args.workers, keep_features=not args.no_features)
+    reference.save(args.out)
+    print(f"wrote reference statistics of {reference.num_images} images ({reference.stats.mu.shape[0]}-d features) "
+          f"to {args.out}")
+    return 0

@@ -1,0 +1,51 @@
+"""Image folders read as uint8 batches for feature networks: decoded in DataLoader workers, batched by size."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..imageio import list_images, read_image
+from .features import to_uint8
+
+
+class ImageFiles(Dataset):
+    """The images under a folder (recursive, sorted) as uint8 ``3×H×W`` tensors (gray and RGBA made RGB)."""
+
+    def __init__(self, root: str | Path, limit: int | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root}: image folder not found" if not self.root.exists() else
+                                    f"{self.root}: expected an image folder, found a file")
+        self.paths = list_images(self.root)
+        if limit is not None:
+            self.paths = self.paths[:limit]
+        if not self.paths:
+            raise FileNotFoundError(f"{self.root}: no images (.png, .jpg, ...) in this folder")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        image, _ = read_image(self.paths[index], channels=3)
+        return to_uint8(image[None])[0]
+
+
+def uint8_batches(files: ImageFiles, batch_size: int, num_workers: int = 0) -> Iterator[torch.Tensor]:
+    """Batches of up to ``batch_size`` consecutive images of one size (a new batch starts where the size changes).
+
+    Feature networks resize every image themselves, so a folder of mixed sizes is fine; only the batching follows
+    the sizes.
+    """
+    loader = DataLoader(files, batch_size=None, num_workers=num_workers)
+    pending: list[torch.Tensor] = []
+    for image in loader:
+        if pending and (len(pending) == batch_size or image.shape != pending[0].shape):
+            yield torch.stack(pending)
+            pending = []
+        pending.append(image)
+    if pending:
+        yield torch.stack(pending)
