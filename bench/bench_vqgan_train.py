@@ -24,6 +24,25 @@ from tamer.nn.quantize import QuantizerConfig
 from tamer.vqgan import VQGAN, VQGANConfig
 
 
+def training_step(model: VQGAN, loss: VQGANLoss, images: torch.Tensor):
+    """One generator and one discriminator update of tamer, as the trainer's VQGAN task does them."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-6, betas=(0.5, 0.9))
+    disc_optimizer = torch.optim.Adam(loss.discriminator.parameters(), lr=1e-6, betas=(0.5, 0.9))
+
+    def step():
+        out = model(images)
+        total, _ = loss.generator_loss(images, out.reconstruction, out.quantizer_loss, model.last_layer, step=1)
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        d_loss, _ = loss.discriminator_loss(images, out.reconstruction, step=1)
+        disc_optimizer.zero_grad()
+        d_loss.backward()
+        disc_optimizer.step()
+
+    return step
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=int, default=256)
@@ -73,39 +92,14 @@ def main() -> None:
         d_loss.backward()
         original_disc_opt.step()
 
-    ours_opt = torch.optim.Adam(model.parameters(), lr=1e-6, betas=(0.5, 0.9))
-    ours_disc_opt = torch.optim.Adam(loss.discriminator.parameters(), lr=1e-6, betas=(0.5, 0.9))
-
-    def tamer_step():
-        out = model(images)
-        total, _ = loss.generator_loss(images, out.reconstruction, out.quantizer_loss, model.last_layer, step=1)
-        ours_opt.zero_grad()
-        total.backward()
-        ours_opt.step()
-        d_loss, _ = loss.discriminator_loss(images, out.reconstruction, step=1)
-        ours_disc_opt.zero_grad()
-        d_loss.backward()
-        ours_disc_opt.step()
-
     model.train()
     cl_model = VQGAN(model.config).to(device).train()
     cl_model.load_state_dict(model.state_dict())
     cl_model = cl_model.to(memory_format=torch.channels_last)
     cl_loss = VQGANLoss(loss.config).to(device).to(memory_format=torch.channels_last)
     cl_loss.discriminator.load_state_dict(loss.discriminator.state_dict())
-    cl_opt = torch.optim.Adam(cl_model.parameters(), lr=1e-6, betas=(0.5, 0.9))
-    cl_disc_opt = torch.optim.Adam(cl_loss.discriminator.parameters(), lr=1e-6, betas=(0.5, 0.9))
-
-    def cl_step():
-        out = cl_model(images)
-        total, _ = cl_loss.generator_loss(images, out.reconstruction, out.quantizer_loss, cl_model.last_layer, step=1)
-        cl_opt.zero_grad()
-        total.backward()
-        cl_opt.step()
-        d_loss, _ = cl_loss.discriminator_loss(images, out.reconstruction, step=1)
-        cl_disc_opt.zero_grad()
-        d_loss.backward()
-        cl_disc_opt.step()
+    tamer_step = training_step(model, loss, images)
+    cl_step = training_step(cl_model, cl_loss, images)
 
     times = interleaved_medians([original_step, tamer_step, cl_step], args.repeats, device)
     rows = [("original (CompVis modules)", "fp32", times[0]), ("tamer (default layout)", "fp32", times[1]),
