@@ -4,8 +4,17 @@ import types
 import pytest
 import torch
 
-# The original minGPT imports `transformers` for a helper it never uses here; a stub keeps the oracle importable.
-sys.modules.setdefault("transformers", types.ModuleType("transformers"))
+# The original minGPT imports `top_k_top_p_filtering` from `transformers` at import time, for sampling the oracle
+# tests never do (they compare greedy decoding); a stub keeps the oracle importable without that package.
+_transformers = sys.modules.setdefault("transformers", types.ModuleType("transformers"))
+
+
+def _not_in_the_oracle(*args, **kwargs):
+    raise NotImplementedError("stub: transformers.top_k_top_p_filtering is not part of the oracle")
+
+
+if not hasattr(_transformers, "top_k_top_p_filtering"):
+    _transformers.top_k_top_p_filtering = _not_in_the_oracle
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,181 @@
+"""Same weights in, same numbers out: tamer's GPT (and its KV cache) against the original minGPT."""
+
+import pytest
+import torch
+
+from taming.modules.transformer import mingpt  # needs the `transformers` stub of conftest.py
+
+from tamer.nn.gpt import GPT, GPTConfig, generate, sample_next, top_k_filter, top_p_filter
+
+SMALL = dict(vocab_size=64, block_size=32, n_layer=2, n_head=4, n_embd=64)
+
+
+def make_pair(n_unmasked: int = 0) -> tuple[GPT, mingpt.GPT]:
+    """Our GPT with weights spread out (distinct logits, so greedy choices have no near-ties) and the original
+    holding the same weights."""
+    ours = GPT(GPTConfig(**SMALL, n_unmasked=n_unmasked)).eval()
+    with torch.no_grad():
+        for name, p in ours.named_parameters():
+            p.add_(torch.randn_like(p) * (0.5 if name == "pos_emb" else 0.1))
+    theirs = mingpt.GPT(**SMALL, n_unmasked=n_unmasked).eval()
+    missing, unexpected = theirs.load_state_dict(ours.state_dict(), strict=False)
+    assert not unexpected
+    assert missing == [f"blocks.{i}.attn.mask" for i in range(SMALL["n_layer"])]
+    return ours, theirs
+
+
+def test_state_dict_keys_match_original_without_mask():
+    ours = GPT(GPTConfig(**SMALL))
+    theirs = mingpt.GPT(**SMALL)
+    expected = {k for k in theirs.state_dict() if not k.endswith("attn.mask")}
+    assert set(ours.state_dict()) == expected
+    assert ours.pos_emb.shape == (1, SMALL["block_size"], SMALL["n_embd"])
+    assert ours.head.bias is None
+    ours.setup_cache(2)  # the cache is scratch, never in a checkpoint
+    assert set(ours.state_dict()) == expected
+
+
+def test_init_matches_original_statistics():
+    ours = GPT(GPTConfig(**SMALL))
+    assert torch.all(ours.pos_emb == 0)
+    assert torch.all(ours.blocks[0].ln1.weight == 1) and torch.all(ours.blocks[0].ln1.bias == 0)
+    assert torch.all(ours.blocks[1].attn.key.bias == 0)
+    assert abs(ours.tok_emb.weight.std().item() - 0.02) < 0.002
+
+
+@pytest.mark.parametrize("n_unmasked", [0, 5])
+@pytest.mark.parametrize("with_embeddings", [False, True], ids=["tokens", "embeddings"])
+def test_forward_matches_original(n_unmasked, with_embeddings):
+    ours, theirs = make_pair(n_unmasked)
+    idx = torch.randint(0, SMALL["vocab_size"], (3, 20))
+    emb = torch.randn(3, 4, SMALL["n_embd"]) if with_embeddings else None
+    T = idx.shape[1] + (0 if emb is None else emb.shape[1])
+    targets = torch.randint(0, SMALL["vocab_size"], (3, T))
+    with torch.no_grad():
+        logits, loss = ours(idx, embeddings=emb, targets=targets)
+        ref_logits, ref_loss = theirs(idx, embeddings=emb, targets=targets)
+    assert logits.shape == (3, T, SMALL["vocab_size"])
+    torch.testing.assert_close(logits, ref_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5)
+    assert ours(idx, embeddings=emb)[1] is None
+
+
+def test_n_unmasked_prefix_really_is_bidirectional():
+    ours, _ = make_pair(n_unmasked=5)
+    idx = torch.randint(0, SMALL["vocab_size"], (1, 10))
+    changed = idx.clone()
+    changed[0, 3] = (idx[0, 3] + 1) % SMALL["vocab_size"]
+    with torch.no_grad():
+        a, b = ours(idx)[0], ours(changed)[0]
+    assert not torch.allclose(a[0, 0], b[0, 0])  # position 0 sees position 3 inside the prefix
+    causal = make_pair(n_unmasked=0)[0]
+    with torch.no_grad():
+        torch.testing.assert_close(causal(idx)[0][0, :3], causal(changed)[0][0, :3])
+
+
+def test_too_long_sequence_is_an_error():
+    ours = GPT(GPTConfig(**SMALL))
+    with pytest.raises(ValueError, match="block_size"):
+        ours(torch.zeros(1, SMALL["block_size"] + 1, dtype=torch.long))
+
+
+@pytest.mark.parametrize("n_unmasked", [0, 5])
+@pytest.mark.parametrize("with_embeddings", [False, True], ids=["tokens", "embeddings"])
+def test_cached_decoding_equals_full_forward(n_unmasked, with_embeddings):
+    ours, _ = make_pair(n_unmasked)
+    B, prefix, total = 2, 6, 24
+    idx = torch.randint(0, SMALL["vocab_size"], (B, total))
+    emb = torch.randn(B, 3, SMALL["n_embd"]) if with_embeddings else None
+    e = 0 if emb is None else emb.shape[1]
+    with torch.no_grad():
+        full = ours(idx, embeddings=emb)[0]
+    ours.setup_cache(B, max_len=SMALL["block_size"])
+    step_logits = [ours.prefill(idx[:, :prefix], embeddings=emb)]
+    for t in range(prefix, total):
+        step_logits.append(ours.decode_one(idx[:, t], e + t))
+    cached = torch.stack(step_logits, dim=1)
+    torch.testing.assert_close(cached, full[:, e + prefix - 1:], atol=1e-4, rtol=1e-4)
+    # A tensor position (the compile-friendly form) gives the same numbers.
+    ours.prefill(idx[:, :prefix], embeddings=emb)
+    again = ours.decode_one(idx[:, prefix], torch.tensor(e + prefix))
+    torch.testing.assert_close(again, step_logits[1], atol=1e-5, rtol=1e-5)
+
+
+def test_cache_errors_are_clear():
+    ours = GPT(GPTConfig(**SMALL, n_unmasked=5)).eval()
+    idx = torch.randint(0, SMALL["vocab_size"], (2, 8))
+    with pytest.raises(RuntimeError, match="setup_cache"):
+        ours.prefill(idx)
+    with pytest.raises(ValueError, match="max_len"):
+        ours.setup_cache(2, max_len=SMALL["block_size"] + 1)
+    ours.setup_cache(2, max_len=10)
+    with pytest.raises(ValueError, match="n_unmasked"):
+        ours.prefill(idx[:, :3])
+    with pytest.raises(ValueError, match="beyond the KV cache"):
+        ours.prefill(torch.randint(0, SMALL["vocab_size"], (2, 11)))
+    ours.prefill(idx)
+    ours.decode_one(idx[:, 0], 9)
+    with pytest.raises(ValueError, match="beyond the KV cache"):
+        ours.decode_one(idx[:, 0], 10)
+    with pytest.raises(ValueError, match="batch"):
+        ours.decode_one(idx[:1, 0], 8)
+    ours.clear_cache()
+    assert ours.cache is None
+
+
+@pytest.mark.parametrize("n_unmasked", [0, 5])
+def test_greedy_generation_matches_original_samplers(n_unmasked):
+    ours, theirs = make_pair(n_unmasked)
+    prefix = torch.randint(0, SMALL["vocab_size"], (3, 6))
+    steps = SMALL["block_size"] - prefix.shape[1]  # fill the whole block
+    seq = generate(ours, prefix, steps, top_k=1)
+    assert seq.shape == (3, SMALL["block_size"])
+    assert torch.equal(seq[:, :6], prefix)
+    ref = mingpt.sample(theirs, prefix, steps, temperature=1.0, sample=False)
+    assert torch.equal(seq, ref)
+    ref_past = mingpt.sample_with_past(prefix, theirs, steps, sample_logits=False)  # returns new tokens only
+    assert torch.equal(seq[:, 6:], ref_past)
+
+
+def test_generate_rejects_too_many_steps():
+    ours, _ = make_pair()
+    with pytest.raises(ValueError, match="block_size"):
+        generate(ours, torch.zeros(1, 6, dtype=torch.long), SMALL["block_size"] - 4)
+
+
+def test_top_k_filter_keeps_the_k_largest():
+    logits = torch.tensor([[1.0, 5.0, 3.0, -2.0, 4.0, 0.0]])
+    out = top_k_filter(logits, 3)
+    kept = torch.isfinite(out)
+    assert kept.tolist() == [[False, True, True, False, True, False]]
+    assert torch.equal(out[kept], logits[kept])
+    assert torch.equal(top_k_filter(logits, 100), logits)  # k beyond the vocabulary keeps all
+
+
+def test_top_p_filter_keeps_the_nucleus():
+    probs = torch.tensor([[0.05, 0.5, 0.3, 0.15]])
+    logits = probs.log()
+    # sorted: 0.5, 0.3, 0.15, 0.05; the 0.3 crosses 0.6 and is kept, nothing after it.
+    assert torch.isfinite(top_p_filter(logits, 0.6)).tolist() == [[False, True, True, False]]
+    assert torch.isfinite(top_p_filter(logits, 0.85)).tolist() == [[False, True, True, True]]
+    assert torch.isfinite(top_p_filter(logits, 0.0)).tolist() == [[False, True, False, False]]  # at least one
+    assert torch.isfinite(top_p_filter(logits, 1.0)).all()
+    # Row-wise with batches: each row keeps its own nucleus.
+    two = torch.stack([logits[0], logits[0].flip(-1)])
+    assert torch.isfinite(top_p_filter(two, 0.6)).tolist() == [[False, True, True, False], [False, True, True, False]]
+
+
+def test_sampling_respects_filters_and_is_reproducible():
+    logits = torch.tensor([[1.0, 5.0, 3.0, -2.0, 4.0, 0.0]]).repeat(500, 1)
+    g = torch.Generator().manual_seed(0)
+    picks = sample_next(logits, temperature=2.0, top_k=2, generator=g)
+    assert set(picks.flatten().tolist()) == {1, 4}
+    assert torch.equal(sample_next(logits, top_k=1), torch.full((500, 1), 1))
+
+    ours, _ = make_pair()
+    prefix = torch.randint(0, SMALL["vocab_size"], (2, 4))
+    a = generate(ours, prefix, 12, temperature=1.5, top_k=20, top_p=0.9, generator=torch.Generator().manual_seed(7))
+    b = generate(ours, prefix, 12, temperature=1.5, top_k=20, top_p=0.9, generator=torch.Generator().manual_seed(7))
+    c = generate(ours, prefix, 12, temperature=1.5, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
