@@ -1,0 +1,66 @@
+"""Tokens per second when sampling from the GPT: tamer's KV cache against the original's sample() and
+sample_with_past(), same weights, same process, greedy decoding (so all three must produce the same tokens).
+
+    .venv/bin/python bench/bench_gpt_sampling.py [--new-tokens 256] [--batch 4] [--repeats 3] [--device cpu]
+
+Configuration of the stage-2 issue: 12 layers, 8 heads, 512 wide, vocabulary 1024, one start token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+
+import torch
+from bench_vqgan import interleaved_medians, machine
+
+from tamer.nn.gpt import GPT, GPTConfig, generate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+
+    # The original module imports a `transformers` helper that greedy decoding never calls.
+    stub = sys.modules.setdefault("transformers", types.ModuleType("transformers"))
+    stub.top_k_top_p_filtering = getattr(stub, "top_k_top_p_filtering", None)
+    from taming.modules.transformer import mingpt
+
+    config = GPTConfig(vocab_size=1024, block_size=args.new_tokens + 1, n_layer=12, n_head=8, n_embd=512)
+    torch.manual_seed(0)
+    ours = GPT(config).to(device).eval()
+    original = mingpt.GPT(vocab_size=1024, block_size=config.block_size, n_layer=12, n_head=8, n_embd=512)
+    original.load_state_dict(ours.state_dict(), strict=False)  # only its attention-mask buffers are not ours
+    original = original.to(device).eval()
+    start = torch.randint(0, 1024, (args.batch, 1), device=device)
+    steps = args.new_tokens
+
+    with torch.inference_mode():
+        outputs = {
+            "original sample()": lambda: mingpt.sample(original, start, steps, sample=False)[:, 1:],
+            "original sample_with_past()": lambda: mingpt.sample_with_past(start, original, steps,
+                                                                           sample_logits=False),
+            "tamer generate() (static KV cache)": lambda: generate(ours, start, steps, top_k=1)[:, 1:],
+        }
+        tokens = {name: fn() for name, fn in outputs.items()}
+        reference = tokens["original sample()"]
+        agree = {name: bool(torch.equal(t, reference)) for name, t in tokens.items()}
+        times = interleaved_medians(list(outputs.values()), args.repeats, device)
+
+    print(f"\nGPT sampling: {steps} new tokens, batch {args.batch}, 12 layers × 8 heads × 512 wide, vocabulary "
+          f"1024, greedy, median of {args.repeats} interleaved rounds; torch {torch.__version__}; {machine()}\n")
+    print("| sampler | s | tokens/s | × sample() | × sample_with_past() | same tokens |")
+    print("|---|---|---|---|---|---|")
+    for (name, seconds) in zip(outputs, times):
+        print(f"| {name} | {seconds:.2f} | {args.batch * steps / seconds:.1f} | {times[0] / seconds:.1f} | "
+              f"{times[1] / seconds:.2f} | {'yes' if agree[name] else 'NO'} |")
+
+
+if __name__ == "__main__":
+    main()
