@@ -103,11 +103,16 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, input_pos: torch.Tensor | None = None,
                 decode_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Without ``input_pos``: a plain forward. With it, also write k, v to the cache at ``input_pos``; with
-        ``decode_mask`` as well, attend over the whole cache (decode) instead of over ``x`` alone (prefill)."""
+        ``decode_mask`` as well, attend over the cache (decode) instead of over ``x`` alone (prefill): over its first
+        ``decode_mask`` positions when that is an int, else over the positions the boolean mask allows."""
         B, T, C = x.shape
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
         if input_pos is not None:
             k_all, v_all = self.kv_cache.update(input_pos, k, v)
+            if isinstance(decode_mask, int):  # eager decoding: the filled part of the cache, no mask needed
+                k, v = k_all[:, :, :decode_mask].to(q.dtype), v_all[:, :, :decode_mask].to(q.dtype)
+                y = F.scaled_dot_product_attention(q, k, v)
+                return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, T, C)))
             if decode_mask is not None:
                 k, v, attn_mask = k_all.to(q.dtype), v_all.to(q.dtype), decode_mask
         dropout_p = self.attn_pdrop if self.training else 0.0
@@ -260,12 +265,13 @@ class GPT(nn.Module):
             if pos < 0:
                 raise ValueError(f"GPT.decode_one: negative position {pos}")
             cache = self._require_cache(token.shape[0], pos + 1)
+            decode_mask = pos + 1  # a known length: attend over the filled part of the cache only
             pos = torch.tensor(pos, device=cache.k.device)
         else:
             cache = self._require_cache(token.shape[0], 0)
+            decode_mask = (cache.positions <= pos).view(1, 1, 1, -1)  # fixed shape, for torch.compile
         input_pos = pos.reshape(1)
         x = self.drop(self.tok_emb(token) + self.pos_emb.index_select(1, input_pos))
-        decode_mask = (cache.positions <= input_pos).view(1, 1, 1, -1)
         for block in self.blocks:
             x = block(x, None, input_pos, decode_mask)
         return self._head(x[:, -1])
