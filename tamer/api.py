@@ -14,12 +14,7 @@ from .checkpoints import load
 from .imageio import FitMode, fit_to_multiple, read_image, save_image  # noqa: F401  (save_image re-exported)
 from .metrics.image import psnr
 from .vqgan import VQGAN
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+from .devices import resolve_device  # noqa: F401  (part of this module's API)
 
 
 def load_model(path: str | Path, config: str | Path | None = None, device: str | torch.device = "auto"):

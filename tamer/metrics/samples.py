@@ -18,17 +18,12 @@ from .features import FeatureNetwork, extract_features, to_uint8
 from .reference import ReferenceStatistics
 from .results import EvalResult, library_versions
 from .sources import ImageFiles, uint8_batches
+from ..devices import resolve_device
 
 ImageSource = str | Path | torch.Tensor
 
 INPUT_POLICY = ("images as uint8 RGB (files decoded with Pillow, gray and alpha converted; tensors in [-1, 1] "
                 "rounded to 8 bits), each at its own size")
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _source(images: ImageSource, batch_size: int, limit: int | None,

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..devices import resolve_device
+
 
 @dataclass
 class DistributedContext:
@@ -29,9 +31,7 @@ def setup(device: str = "auto") -> DistributedContext:
     """Join the process group that ``torchrun`` describes in the environment; a single process needs none."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    target = torch.device(device)
+    target = resolve_device(device)
     if target.type == "cuda":
         target = torch.device("cuda", local_rank if target.index is None else target.index)
         torch.cuda.set_device(target)
