@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoints import load
+from .devices import resolve_device  # noqa: F401  (part of this module's API)
 from .imageio import FitMode, fit_to_multiple, read_image, save_image  # noqa: F401  (save_image re-exported)
 from .metrics.image import psnr
 from .vqgan import VQGAN
-from .devices import resolve_device  # noqa: F401  (part of this module's API)
 
 
 def load_model(path: str | Path, config: str | Path | None = None, device: str | torch.device = "auto"):
