@@ -39,8 +39,14 @@ def latest_checkpoint(run: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def temporary_path(run: Path, step: int) -> Path:
+    """Where a checkpoint is written before it is complete; every process can name it."""
+    return step_folder(run, step).with_name(f"step-{step:08d}.tmp")
+
+
 def temporary_folder(run: Path, step: int) -> Path:
-    tmp = step_folder(run, step).with_name(f"step-{step:08d}.tmp")
+    """A fresh, empty :func:`temporary_path` (leftovers of an interrupted write are removed)."""
+    tmp = temporary_path(run, step)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)

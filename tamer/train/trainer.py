@@ -272,9 +272,9 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        tmp = ckpt.step_folder(self.run, self.step).with_name(f"step-{self.step:08d}.tmp")
-        if self.ctx.is_main:
-            tmp = ckpt.temporary_folder(self.run, self.step)
+        # Rank 0 creates the folder; the others only need its name to write their RNG states into it.
+        tmp = ckpt.temporary_folder(self.run, self.step) if self.ctx.is_main else \
+            ckpt.temporary_path(self.run, self.step)
         barrier()
         ckpt.save_state(ckpt.rng_state(self.device), tmp / f"rng-rank{self.ctx.rank}.pt")
         if self.ctx.is_main:
@@ -291,11 +291,10 @@ class Trainer:
                 "task": self.task.state_dict(),
             }, tmp / "training_state.pt")
         barrier()
-        final = tmp.with_name(tmp.name[: -len(".tmp")])
         if self.ctx.is_main:
-            final = ckpt.finish(tmp, self.config.keep_checkpoints)
+            ckpt.finish(tmp, self.config.keep_checkpoints)
         barrier()
-        return final
+        return ckpt.step_folder(self.run, self.step)
 
     def restore(self) -> bool:
         """Load the newest complete checkpoint of the run, if any; returns whether one was found."""
