@@ -82,9 +82,10 @@ class Pretrained:
 
 
 def model_classes() -> dict[str, type]:
+    from .transformer import Transformer
     from .vqgan import VQGAN
 
-    return {VQGAN.model_type: VQGAN}
+    return {VQGAN.model_type: VQGAN, Transformer.model_type: Transformer}
 
 
 def read_config(directory: Path) -> tuple[type, Any, dict]:

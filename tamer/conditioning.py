@@ -1,0 +1,204 @@
+"""Condition stages: what the transformer reads before the image tokens.
+
+Every stage turns a condition into token ids in the GPT's vocabulary, ``token_offset + own id``:
+
+- ``none``: one start token (the original's ``SOSProvider``).
+- ``class``: one token per class label (the original's ``Labelator``).
+- ``spatial``: a map (segmentation labels, depth, edges, a low-resolution image) tokenized by a second VQGAN
+  (the original's ``cond_stage_model``); its tokens form a grid, so the sliding-window sampler can crop it.
+- ``coord``: a map of coordinates in [0, 1] pooled and rounded to ``coord_levels`` levels (the original's
+  ``CoordStage``), used to train on crops of large images.
+
+With ``classifier_free`` one more id, ``token_offset + stage vocabulary``, stands for "no condition": training
+replaces a whole condition by it now and then, and guided sampling runs conditional and null rows together.
+
+The original put condition ids at offset 0, sharing embeddings with image tokens; imported checkpoints keep
+that, new models default to an offset past the image codebook, so each id has its own embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .vqgan import VQGAN, VQGANConfig
+
+ConditionKind = Literal["none", "class", "spatial", "coord"]
+
+
+@dataclass
+class ConditioningConfig:
+    kind: ConditionKind = "none"
+    # The data key that holds the condition (label, segmentation, depth, edges, lowres, coord); unused for none.
+    key: str = "label"
+    num_classes: int = 0
+    # The second VQGAN of a spatial condition (its weights live in the transformer's checkpoint).
+    stage: VQGANConfig | None = None
+    # Resize spatial maps to this square size before tokenizing (the original's downsample_cond_size); -1: keep.
+    downsample_size: int = -1
+    coord_levels: int = 1024
+    coord_factor: int = 16
+    # Where this stage's ids start in the GPT vocabulary; None: right after the image codebook.
+    token_offset: int | None = None
+    classifier_free: bool = False
+
+    def __post_init__(self):
+        if self.kind == "class" and self.num_classes < 1:
+            raise ValueError("conditioning.num_classes: a class condition needs at least one class")
+        if self.kind == "spatial" and self.stage is None:
+            raise ValueError("conditioning.stage: a spatial condition needs the VQGAN config of its condition stage")
+        if self.kind != "spatial" and self.stage is not None:
+            raise ValueError(f"conditioning.stage: only a spatial condition has a stage, not kind={self.kind!r}")
+        if self.kind == "coord" and (self.coord_levels < 1 or self.coord_factor < 1):
+            raise ValueError("conditioning.coord_levels/coord_factor: must be positive")
+        if self.kind == "none" and self.classifier_free:
+            raise ValueError("conditioning.classifier_free: an unconditional model has nothing to drop")
+        if self.token_offset is not None and self.token_offset < 0:
+            raise ValueError(f"conditioning.token_offset: must be >= 0, got {self.token_offset}")
+
+    @property
+    def stage_vocab_size(self) -> int:
+        """How many ids the stage itself produces (before the null id)."""
+        if self.kind == "none":
+            return 1
+        if self.kind == "class":
+            return self.num_classes
+        if self.kind == "coord":
+            return self.coord_levels + 1  # round(levels * x) for x in [0, 1]
+        return self.stage.vocab_size
+
+
+class ConditionStage(nn.Module):
+    """Base: ``tokens(condition, batch_size)`` gives ``B×L`` ids (or ``B×h×w`` for spatial stages)."""
+
+    spatial = False
+
+    def __init__(self, config: ConditioningConfig, token_offset: int):
+        super().__init__()
+        self.config = config
+        self.token_offset = token_offset
+
+    @property
+    def null_token(self) -> int | None:
+        return self.token_offset + self.config.stage_vocab_size if self.config.classifier_free else None
+
+    @property
+    def vocab_end(self) -> int:
+        """One past the largest id this stage (with its null id) can produce."""
+        return self.token_offset + self.config.stage_vocab_size + int(self.config.classifier_free)
+
+    def tokens(self, condition, batch_size: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def null_like(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The "no condition" sequence of the same shape, for classifier-free guidance."""
+        if self.null_token is None:
+            raise ValueError("classifier-free guidance needs a model trained with conditioning.classifier_free")
+        return torch.full_like(tokens, self.null_token)
+
+
+class StartToken(ConditionStage):
+    """Unconditional: every sequence begins with the same start token."""
+
+    def tokens(self, condition, batch_size: int) -> torch.Tensor:
+        device = condition.device if isinstance(condition, torch.Tensor) else None
+        return torch.full((batch_size, 1), self.token_offset, dtype=torch.long, device=device)
+
+
+class ClassLabel(ConditionStage):
+    def tokens(self, condition, batch_size: int) -> torch.Tensor:
+        labels = torch.as_tensor(condition, dtype=torch.long).reshape(-1)
+        if labels.numel() == 1 and batch_size > 1:
+            labels = labels.expand(batch_size)
+        if labels.numel() != batch_size:
+            raise ValueError(f"class labels: expected {batch_size}, got {labels.numel()}")
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= self.config.num_classes:
+            bad = low if low < 0 else high
+            raise ValueError(f"class label {bad} is outside 0..{self.config.num_classes - 1}")
+        return (labels + self.token_offset)[:, None]
+
+
+class SpatialVQ(ConditionStage):
+    """A map tokenized by a frozen VQGAN; segmentation label maps ``B×H×W`` are one-hot encoded first."""
+
+    spatial = True
+
+    def __init__(self, config: ConditioningConfig, token_offset: int):
+        super().__init__(config, token_offset)
+        # The attribute name matches the original's ``cond_stage_model.*`` keys once nested in the transformer.
+        self.model = VQGAN(config.stage)
+        self.model.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.model.eval()  # frozen: always in inference mode
+        return self
+
+    def prepare(self, condition: torch.Tensor) -> torch.Tensor:
+        """A data-item condition -> the float ``B×C×H×W`` input of the stage VQGAN."""
+        channels = self.config.stage.autoencoder.in_channels
+        if not condition.is_floating_point():
+            if condition.dim() == 4 and condition.shape[1] == 1:
+                condition = condition[:, 0]
+            if condition.dim() != 3:
+                raise ValueError(f"label map: expected B×H×W integers, got {tuple(condition.shape)}")
+            if int(condition.max()) >= channels or int(condition.min()) < 0:
+                raise ValueError(f"label map: labels must lie in 0..{channels - 1} (the stage's in_channels), "
+                                 f"got {int(condition.min())}..{int(condition.max())}")
+            condition = F.one_hot(condition, channels).permute(0, 3, 1, 2).float()
+        if condition.dim() != 4 or condition.shape[1] != channels:
+            raise ValueError(f"spatial condition: expected B×{channels}×H×W, got {tuple(condition.shape)}")
+        size = self.config.downsample_size
+        if size > 0:
+            condition = F.interpolate(condition, size=(size, size))
+        return condition.to(self.model.quant_conv.weight.dtype)
+
+    @torch.no_grad()
+    def tokens(self, condition, batch_size: int) -> torch.Tensor:
+        condition = torch.as_tensor(condition)
+        if condition.shape[0] != batch_size:
+            raise ValueError(f"spatial condition: batch of {condition.shape[0]}, expected {batch_size}")
+        return self.model.encode(self.prepare(condition)) + self.token_offset
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Grid ids -> the stage's reconstruction (RGB preview for segmentation stages)."""
+        out = self.model.decode(tokens - self.token_offset)
+        if self.config.stage.colorize_nlabels is not None:
+            one_hot = F.one_hot(out.argmax(1), out.shape[1]).permute(0, 3, 1, 2).float()
+            return self.model.to_rgb(one_hot)
+        return out
+
+
+class Coordinates(ConditionStage):
+    """Coordinates in [0, 1] (``B×1×H×W``) area-pooled by ``coord_factor`` and rounded to levels."""
+
+    spatial = True
+
+    def tokens(self, condition, batch_size: int) -> torch.Tensor:
+        c = torch.as_tensor(condition, dtype=torch.float32)
+        if c.dim() != 4 or c.shape[1] != 1 or c.shape[0] != batch_size:
+            raise ValueError(f"coordinates: expected {batch_size}×1×H×W, got {tuple(c.shape)}")
+        if float(c.min()) < 0.0 or float(c.max()) > 1.0:
+            raise ValueError("coordinates: values must lie in [0, 1]")
+        factor = self.config.coord_factor
+        c = F.interpolate(c, scale_factor=1 / factor, mode="area").clamp(0.0, 1.0)
+        return (c * self.config.coord_levels).round().long()[:, 0] + self.token_offset
+
+
+def build_condition_stage(config: ConditioningConfig, image_vocab_size: int) -> ConditionStage:
+    offset = image_vocab_size if config.token_offset is None else config.token_offset
+    stages = {"none": StartToken, "class": ClassLabel, "spatial": SpatialVQ, "coord": Coordinates}
+    return stages[config.kind](config, offset)
+
+
+def coordinate_map(height: int, width: int, top: int = 0, full_height: int | None = None) -> torch.Tensor:
+    """The ``1×H×W`` coordinate condition of a crop starting at row ``top`` of an image ``full_height`` tall:
+    each pixel's row in the full image, scaled to [0, 1]."""
+    full_height = height if full_height is None else full_height
+    rows = (torch.arange(height, dtype=torch.float32) + top) / max(full_height - 1, 1)
+    return rows.clamp(0, 1)[None, :, None].expand(1, height, width).contiguous()
