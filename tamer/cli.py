@@ -33,8 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tamer", description="Taming Transformers: VQGAN tokenizer and image GPT.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     from .eval_cli import add_eval_command
+    from .sample_cli import add_sample_command
 
     add_eval_command(commands)
+    add_sample_command(commands)
 
     def command(name: str, help: str, run) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)

@@ -68,6 +68,11 @@ class Transformer(nn.Module, Pretrained):
         self.first_stage_model.eval()  # frozen tokenizer: never in training mode
         return self
 
+    def for_inference(self) -> "Transformer":
+        """Eval mode, with the tokenizer's faster inference layout."""
+        self.first_stage_model.for_inference()
+        return self.eval()
+
     # ---- tokens ------------------------------------------------------------------------------------------------
 
     @property

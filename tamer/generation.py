@@ -1,0 +1,138 @@
+"""Sampling images from a trained transformer, as a library call: conditions read from files, images and codes
+written out. ``tamer sample`` is a thin wrapper around :func:`sample_to_folder`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.utils import make_grid
+
+from .conditioning import coordinate_map
+from .imageio import ImageError, open_image, read_image, save_image
+from .sampling import SamplingSettings
+from .transformer import Transformer
+
+
+def read_condition_map(path: str | Path, model: Transformer) -> torch.Tensor:
+    """A spatial condition file for ``model``: an 8-bit label map (PNG whose pixel values are the labels) for a
+    segmentation stage, else an image with the stage's channels in [-1, 1]. Returns ``1×…×H×W``."""
+    stage = model.conditioning.stage
+    if stage is None:
+        raise ValueError(f"{path}: this model is conditioned on {model.conditioning.kind!r}, not on a spatial map")
+    if stage.colorize_nlabels is not None:
+        image = open_image(path)
+        if image.mode not in ("L", "P", "I", "I;16"):
+            raise ImageError(f"{path}: a segmentation condition must be a single-channel label map "
+                             f"(8-bit PNG of label ids), got a {image.mode} image")
+        labels = torch.from_numpy(np.asarray(image).astype(np.int64))
+        if int(labels.max()) >= stage.autoencoder.in_channels:
+            raise ImageError(f"{path}: label {int(labels.max())} is beyond the stage's "
+                             f"{stage.autoencoder.in_channels} labels")
+        return labels[None]
+    image, _ = read_image(path, channels=stage.autoencoder.in_channels)
+    return image[None]
+
+
+@dataclass
+class SampleRequest:
+    num_samples: int = 4
+    classes: Sequence[int] | None = None  # class-conditional: num_samples of each
+    condition_map: str | None = None  # spatial: a file
+    size: tuple[int, int] | None = None  # pixels; None: the training size
+    seed: int = 0
+    batch_size: int = 8
+
+
+def conditions_for(model: Transformer, request: SampleRequest, size: tuple[int, int]):
+    """``[(condition batch or None, count)]`` covering the request, in output order."""
+    kind = model.conditioning.kind
+    if kind == "class":
+        if not request.classes:
+            raise ValueError(f"this model is class-conditional: give --class (0..{model.conditioning.num_classes - 1})")
+        return [(torch.full((request.num_samples,), c), request.num_samples) for c in request.classes]
+    if request.classes:
+        raise ValueError(f"--class: this model is conditioned on {kind!r}, not on classes")
+    if kind == "spatial":
+        if request.condition_map is None:
+            raise ValueError(f"this model is conditioned on {model.conditioning.key!r} maps: give --cond MAP")
+        condition = read_condition_map(request.condition_map, model)
+        if tuple(condition.shape[-2:]) != size:
+            raise ValueError(f"{request.condition_map}: the map is {condition.shape[-2]}×{condition.shape[-1]} but "
+                             f"the samples are {size[0]}×{size[1]}; give --size to match the map")
+        return [(condition.expand(request.num_samples, *condition.shape[1:]), request.num_samples)]
+    if request.condition_map is not None:
+        raise ValueError(f"--cond: this model is conditioned on {kind!r}, not on a spatial map")
+    if kind == "coord":
+        return [(coordinate_map(*size)[None].expand(request.num_samples, 1, *size), request.num_samples)]
+    return [(None, request.num_samples)]
+
+
+@torch.no_grad()
+def sample_images(model: Transformer, request: SampleRequest, settings: SamplingSettings,
+                  progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Images ``N×3×H×W``, their codes ``N×h×w`` and seeds; sample ``i`` uses ``seed + i``."""
+    size = tuple(request.size) if request.size else model.config.image_size
+    code_shape = model.first_stage_model.code_shape(*size)
+    images, codes, seeds = [], [], []
+    seed = request.seed
+    for condition, count in conditions_for(model, request, size):
+        for start in range(0, count, request.batch_size):
+            n = min(request.batch_size, count - start)
+            part = None if condition is None else condition[start:start + n]
+            bar = _progress(code_shape[0] * code_shape[1], f"samples {seed}..{seed + n - 1}", progress)
+            grid = model.sample_codes(part, n, settings, seed=seed, code_shape=code_shape,
+                                      callback=lambda k, so_far: bar.update(1) if bar else None)
+            if bar:
+                bar.close()
+            codes.append(grid.cpu())
+            images.append(model.decode_codes(grid).float().cpu())
+            seeds.extend(range(seed, seed + n))
+            seed += n
+    return torch.cat(images), torch.cat(codes), seeds
+
+
+def _progress(total: int, description: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, unit="tok", leave=False)
+
+
+def sample_to_folder(model: Transformer, request: SampleRequest, settings: SamplingSettings, out: str | Path,
+                     progress: bool = True) -> Path:
+    """Write ``sample-<seed>.png`` per sample, ``grid.png`` (one row per class when class-conditional),
+    ``codes.npy`` (``N×h×w``) and ``sample.json`` (settings, seeds, model) into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    images, codes, seeds = sample_images(model, request, settings, progress)
+    for image, seed in zip(images, seeds):
+        save_image(image, out / f"sample-{seed}.png")
+    per_row = request.num_samples if request.classes else min(len(images), 8)
+    save_image(make_grid(images, nrow=per_row, padding=2, pad_value=1.0), out / "grid.png")
+    np.save(out / "codes.npy", codes.numpy().astype(np.int32))
+    record = {"settings": asdict(settings), "seeds": seeds, "request": {**asdict(request), "classes": (
+        list(request.classes) if request.classes else None)}, "code_shape": list(codes.shape[1:])}
+    (out / "sample.json").write_text(json.dumps(record, indent=2) + "\n")
+    return out
+
+
+def save_condition_preview(model: Transformer, condition: torch.Tensor, path: str | Path) -> Path:
+    """What the model sees of a spatial condition: the condition stage's reconstruction, as RGB."""
+    tokens = model.condition_tokens(condition, condition.shape[0])
+    preview = model.cond_stage_model.decode(tokens).float().cpu()
+    return save_image(make_grid(preview, nrow=min(8, len(preview))), path)
+
+
+def label_map_to_png(labels: torch.Tensor, path: str | Path) -> Path:
+    """Write an ``H×W`` label map as an 8-bit PNG of label ids (what :func:`read_condition_map` reads)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(labels.to(torch.uint8).cpu().numpy(), mode="L").save(path)
+    return path

@@ -1,0 +1,60 @@
+"""``tamer sample``: argument parsing for sampling images from a transformer (the work is in tamer.generation)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_sample_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    help = "Sample images from a stage-2 transformer: PNGs, a grid, codes.npy and sample.json."
+    sub = commands.add_parser("sample", help=help, description=help + " Sizes beyond the training size use the "
+                              "sliding-window sampler.")
+    sub.set_defaults(run=run_sample)
+    sub.add_argument("--model", required=True, help="a tamer transformer folder, or a CompVis Net2NetTransformer .ckpt")
+    sub.add_argument("--config", help="project.yaml of a CompVis .ckpt (found beside it when omitted)")
+    sub.add_argument("--class", dest="classes", type=int, nargs="+", metavar="N",
+                     help="class label(s) of a class-conditional model; -n samples of each")
+    sub.add_argument("--cond", type=Path, metavar="MAP",
+                     help="spatial condition: an 8-bit label-map PNG (segmentation) or an image (depth, edges, ...)")
+    sub.add_argument("--size", type=_size, metavar="HxW", help="image size in pixels (default: the training size)")
+    sub.add_argument("-n", "--num-samples", type=int, default=4, help="samples (per class) (default 4)")
+    sub.add_argument("--temperature", type=float, default=1.0)
+    sub.add_argument("--top-k", type=int, help="keep the K most likely tokens (1: greedy)")
+    sub.add_argument("--top-p", type=float, help="nucleus sampling: keep tokens up to this probability mass")
+    sub.add_argument("--cfg-scale", type=float, default=1.0,
+                     help="classifier-free guidance scale (needs a model trained with classifier_free; 1: off)")
+    sub.add_argument("--seed", type=int, default=0, help="sample i uses seed + i, in any batch (default 0)")
+    sub.add_argument("--batch-size", type=int, default=8)
+    sub.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    sub.add_argument("--out", type=Path, required=True, help="output folder")
+    return sub
+
+
+def _size(text: str) -> tuple[int, int]:
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        if len(parts) == 1:
+            return int(parts[0]), int(parts[0])
+        if len(parts) == 2:
+            return int(parts[0]), int(parts[1])
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"expected HxW in pixels, e.g. 256x512, got {text!r}")
+
+
+def run_sample(args) -> int:
+    from .api import load_model
+    from .generation import SampleRequest, sample_to_folder
+    from .sampling import SamplingSettings
+    from .transformer import Transformer
+
+    model = load_model(args.model, config=args.config, device=args.device)
+    if not isinstance(model, Transformer):
+        raise ValueError(f"{args.model}: holds a {type(model).__name__}; `tamer sample` needs a transformer")
+    settings = SamplingSettings(args.temperature, args.top_k, args.top_p, args.cfg_scale)
+    request = SampleRequest(args.num_samples, args.classes, None if args.cond is None else str(args.cond), args.size,
+                            args.seed, args.batch_size)
+    out = sample_to_folder(model, request, settings, args.out)
+    print(f"wrote {out / 'grid.png'}, samples and codes.npy to {out}")
+    return 0
