@@ -82,10 +82,11 @@ class Pretrained:
 
 
 def model_classes() -> dict[str, type]:
+    from .metrics.shape_classifier import ShapeClassifier
     from .transformer import Transformer
     from .vqgan import VQGAN
 
-    return {VQGAN.model_type: VQGAN, Transformer.model_type: Transformer}
+    return {cls.model_type: cls for cls in (VQGAN, Transformer, ShapeClassifier)}
 
 
 def read_config(directory: Path) -> tuple[type, Any, dict]:
@@ -139,16 +140,22 @@ def _few(items: list[str], limit: int = 5) -> str:
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def load(path: str | Path, config: str | Path | None = None, map_location: str | torch.device = "cpu"):
+def load(path: str | Path, config: str | Path | None = None, map_location: str | torch.device = "cpu",
+         code_shape: tuple[int, int] | None = None):
     """Load any model tamer knows: a native folder (or its ``model.safetensors``), or a CompVis ``.ckpt``
-    with its ``project.yaml`` (``config``; found next to the usual ``checkpoints/`` folder when not given)."""
+    with its ``project.yaml`` (``config``; found next to the usual ``checkpoints/`` folder when not given).
+
+    ``code_shape`` ``(h, w)``: the code grid of a CompVis transformer, which its project.yaml does not store
+    (inferred from ``block_size`` with a warning when not given). Native folders store their own."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder")
     if path.is_file() and path.name == WEIGHTS_NAME:
         path = path.parent
     if path.is_dir():
+        if code_shape is not None:
+            raise CheckpointError(f"{path}: code_shape is for CompVis transformer checkpoints; a folder stores its own")
         return load_native(path, map_location)
     from .compat.taming import load_taming_checkpoint
 
-    return load_taming_checkpoint(path, config, map_location=map_location)
+    return load_taming_checkpoint(path, config, map_location=map_location, code_shape=code_shape)

@@ -6,8 +6,8 @@ Every stage turns a condition into token ids in the GPT's vocabulary, ``token_of
 - ``class``: one token per class label (the original's ``Labelator``).
 - ``spatial``: a map (segmentation labels, depth, edges, a low-resolution image) tokenized by a second VQGAN
   (the original's ``cond_stage_model``); its tokens form a grid, so the sliding-window sampler can crop it.
-- ``coord``: a map of coordinates in [0, 1] pooled and rounded to ``coord_levels`` levels (the original's
-  ``CoordStage``), used to train on crops of large images.
+- ``coord``: a map of each pixel's place in the full image, in [0, 1), pooled and rounded to ``coord_levels``
+  levels (the original's ``CoordStage``), used to train on crops of large images.
 
 With ``classifier_free`` one more id, ``token_offset + stage vocabulary``, stands for "no condition": training
 replaces a whole condition by it now and then, and guided sampling runs conditional and null rows together.
@@ -68,7 +68,7 @@ class ConditioningConfig:
         if self.kind == "class":
             return self.num_classes
         if self.kind == "coord":
-            return self.coord_levels + 1  # round(levels * x) for x in [0, 1]
+            return self.coord_levels
         return self.stage.vocab_size
 
 
@@ -175,7 +175,11 @@ class SpatialVQ(ConditionStage):
 
 
 class Coordinates(ConditionStage):
-    """Coordinates in [0, 1] (``B×1×H×W``) area-pooled by ``coord_factor`` and rounded to levels."""
+    """Coordinates in [0, 1] (``B×1×H×W``) area-pooled by ``coord_factor`` and rounded to ``coord_levels`` ids.
+
+    Rounding can reach ``coord_levels`` only for values within half a level of 1, which the original's maps
+    (raster index / pixel count) never hold after pooling; it is clamped to the last id.
+    """
 
     spatial = True
 
@@ -185,9 +189,9 @@ class Coordinates(ConditionStage):
             raise ValueError(f"coordinates: expected {batch_size}×1×H×W, got {tuple(c.shape)}")
         if float(c.min()) < 0.0 or float(c.max()) > 1.0:
             raise ValueError("coordinates: values must lie in [0, 1]")
-        factor = self.config.coord_factor
+        factor, levels = self.config.coord_factor, self.config.coord_levels
         c = F.interpolate(c, scale_factor=1 / factor, mode="area").clamp(0.0, 1.0)
-        return (c * self.config.coord_levels).round().long()[:, 0] + self.token_offset
+        return (c * levels).round().long().clamp_max(levels - 1)[:, 0] + self.token_offset
 
 
 def build_condition_stage(config: ConditioningConfig, image_vocab_size: int) -> ConditionStage:
@@ -196,9 +200,12 @@ def build_condition_stage(config: ConditioningConfig, image_vocab_size: int) -> 
     return stages[config.kind](config, offset)
 
 
-def coordinate_map(height: int, width: int, top: int = 0, full_height: int | None = None) -> torch.Tensor:
-    """The ``1×H×W`` coordinate condition of a crop starting at row ``top`` of an image ``full_height`` tall:
-    each pixel's row in the full image, scaled to [0, 1]."""
+def coordinate_map(height: int, width: int, top: int = 0, left: int = 0, full_height: int | None = None,
+                   full_width: int | None = None) -> torch.Tensor:
+    """The ``1×H×W`` coordinate condition of a crop at (``top``, ``left``) of a ``full_height×full_width`` image:
+    each pixel's raster index in the full image over the pixel count, as the original's FacesHQ data built it."""
     full_height = height if full_height is None else full_height
-    rows = (torch.arange(height, dtype=torch.float32) + top) / max(full_height - 1, 1)
-    return rows.clamp(0, 1)[None, :, None].expand(1, height, width).contiguous()
+    full_width = width if full_width is None else full_width
+    rows = torch.arange(top, top + height, dtype=torch.float64)[:, None]
+    cols = torch.arange(left, left + width, dtype=torch.float64)[None, :]
+    return ((rows * full_width + cols) / (full_height * full_width)).float()[None]

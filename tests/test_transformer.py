@@ -248,8 +248,11 @@ def test_coordinate_tokens_match_the_original_coord_stage():
     from taming.modules.misc.coord import CoordStage
 
     model = make_model({"kind": "coord", "key": "coord", "coord_levels": 7, "coord_factor": 2}, code_shape=(4, 4))
-    coords = torch.rand(3, 1, 16, 16)
+    coords = torch.rand(3, 1, 16, 16) * 0.92  # below 1 - half a level, like the original data
     _, _, (_, _, expected) = CoordStage(7, 2).encode(coords)
     assert torch.equal(model.condition_tokens(coords, 3), expected[:, 0] + 32)
-    np.testing.assert_allclose(tamer.conditioning.coordinate_map(4, 2, top=2, full_height=7)[0, :, 0].numpy(),
-                               np.array([2, 3, 4, 5]) / 6, rtol=1e-6)
+    expected_map = (np.arange(7 * 5).reshape(7, 5) / 35)[2:6, 1:3]
+    np.testing.assert_allclose(tamer.conditioning.coordinate_map(4, 2, top=2, left=1, full_height=7, full_width=5)[0],
+                               expected_map, rtol=1e-6)
+    full = tamer.conditioning.coordinate_map(16, 16)[None]
+    assert int(model.condition_tokens(full, 1).max()) <= 32 + 6

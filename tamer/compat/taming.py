@@ -3,6 +3,7 @@
 No pytorch_lightning is needed and nothing in the pickle runs (see :mod:`tamer.compat.safe_load`). The model
 parameter names of tamer are those of the original, so the weights load as they are; ``loss.*`` (LPIPS,
 discriminator) is dropped from the model and stays available through :func:`read_taming_checkpoint`.
+Stage-2 checkpoints (``Net2NetTransformer``) are translated by :mod:`tamer.compat.taming_transformer`.
 """
 
 from __future__ import annotations
@@ -95,8 +96,15 @@ def submodule_state(state: dict[str, torch.Tensor], prefix: str, drop: tuple[str
 
 
 def load_taming_checkpoint(path: str | Path, config: str | Path | None = None,
-                           map_location: str | torch.device = "cpu") -> torch.nn.Module:
-    """A CompVis checkpoint as a tamer model (weights checked key by key)."""
+                           map_location: str | torch.device = "cpu",
+                           code_shape: tuple[int, int] | None = None) -> torch.nn.Module:
+    """A CompVis checkpoint as a tamer model (weights checked key by key): a :class:`VQGAN` for the VQGAN
+    classes, a :class:`~tamer.Transformer` for ``Net2NetTransformer``.
+
+    ``code_shape`` (transformers only): the code grid the model was trained on, which the project.yaml does not
+    store; when not given it is read from the permuter, else inferred from ``block_size`` with a warning (see
+    :mod:`tamer.compat.taming_transformer`).
+    """
     path = Path(path)
     if config is None:
         config = find_project_yaml(path)
@@ -107,6 +115,13 @@ def load_taming_checkpoint(path: str | Path, config: str | Path | None = None,
         raise ConfigError(f"{config}: no 'model' section (is this a taming project.yaml?)")
     state = read_taming_checkpoint(path)
     target = document["model"].get("target")
+    # Imported here: the stage-2 importer builds on this module's helpers.
+    from .taming_transformer import NET2NET_TARGET, load_net2net
+
+    if target == NET2NET_TARGET:
+        return load_net2net(document, state, str(path), str(config), code_shape).to(map_location).eval()
+    if code_shape is not None:
+        raise ConfigError(f"code_shape: only a transformer checkpoint takes it; {config} describes a {target!r}")
     if target in VQ_TARGETS:
         model = VQGAN(vqgan_config_from_taming(document["model"], state))
         weights = submodule_state(state, "", drop=("loss.",))
@@ -114,4 +129,5 @@ def load_taming_checkpoint(path: str | Path, config: str | Path | None = None,
             weights["colorize"] = model.colorize  # older files did not save the random projection
         load_state_dict_strict(model, weights, source=str(path))
         return model.to(map_location).eval()
-    raise ConfigError(f"{config}: model.target {target!r} cannot be imported (yet); supported: {', '.join(VQ_TARGETS)}")
+    raise ConfigError(f"{config}: model.target {target!r} cannot be imported; supported: "
+                      f"{', '.join([*VQ_TARGETS, NET2NET_TARGET])}")
