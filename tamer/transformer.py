@@ -169,7 +169,8 @@ class Transformer(nn.Module, Pretrained):
         if (h, w) != tuple(self.config.code_shape):
             from .sliding_window import sample_sliding_window
 
-            return sample_sliding_window(self, condition, num_samples, (h, w), settings, seed, callback=callback)
+            return sample_sliding_window(self, condition, num_samples, (h, w), settings, seed, callback=callback,
+                                         prefix=prefix)
         cond = self.condition_tokens(condition, num_samples)
         cond = cond.reshape(num_samples, -1)
         device = cond.device
