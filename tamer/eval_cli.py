@@ -1,6 +1,7 @@
 """``tamer eval``: parses the evaluation commands and calls :mod:`tamer.metrics`; no logic of its own beyond that.
 
 - ``tamer eval recon --model M --data DIR|procedural|data.yaml``: PSNR, SSIM, LPIPS, codebook use, rFID.
+- ``tamer eval nll --model M --data DIR|procedural|data.yaml``: held-out NLL/token, bits/token, bits/dim.
 - ``tamer eval samples --samples DIR --ref DIR|stats.npz``: FID, KID, IS, precision/recall.
 - ``tamer eval reference --images DIR --out stats.npz``: reference statistics, computed once and reused.
 
@@ -19,7 +20,8 @@ PROCEDURAL_EVAL_LENGTH = 1000
 
 def add_eval_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``eval`` and its subcommands on the ``tamer`` parser's subcommands; returns the ``eval`` parser."""
-    evaluate = commands.add_parser("eval", help="Evaluate a VQGAN's reconstructions or a set of samples.",
+    evaluate = commands.add_parser("eval", help="Evaluate a VQGAN's reconstructions, a Transformer's likelihood or "
+                                                "a set of samples.",
                                    description="Evaluate a VQGAN's reconstructions or a set of samples; results are "
                                                "printed as a table and saved as JSON with their protocol.")
     kinds = evaluate.add_subparsers(dest="evaluation", metavar="WHAT", required=True)
@@ -42,6 +44,27 @@ def add_eval_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
     sub.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     sub.add_argument("--no-fid", action="store_true", help="skip rFID")
     _common_options(sub, batch_size=8)
+
+    sub = kinds.add_parser("nll", help="Held-out NLL per token, bits per token and bits/dim of a Transformer.",
+                           description="Held-out likelihood of a stage-2 Transformer: mean NLL per image token "
+                                       "(nats), bits per token, and bits per dimension (a whole image's token bits "
+                                       "/ (H*W*3)), over a dataset encoded by the model's own first stage.")
+    sub.set_defaults(run=run_nll)
+    sub.add_argument("--model", required=True, help="a tamer Transformer folder (or a CompVis transformer .ckpt)")
+    sub.add_argument("--config", help="project.yaml of a CompVis .ckpt (found beside it when omitted)")
+    sub.add_argument("--data", required=True,
+                     help="an image folder, 'procedural' (the built-in shapes), or a YAML file holding a data config "
+                          "(conditional models need items with their condition: kind classes, pairs or procedural)")
+    sub.add_argument("--size", type=int, help="image side (default and only choice: the model's training size)")
+    sub.add_argument("--limit", type=int, help="evaluate the first N images only (procedural: draw N; default "
+                                               f"{PROCEDURAL_EVAL_LENGTH})")
+    sub.add_argument("--seed", type=int, default=PROCEDURAL_EVAL_SEED,
+                     help=f"seed of the procedural data (default {PROCEDURAL_EVAL_SEED}, held out from training)")
+    sub.add_argument("--image-key", default="image", help="which entry of a data item is the image (default image)")
+    sub.add_argument("--batch-size", type=int, default=16, help="default 16")
+    sub.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding images (default 0)")
+    sub.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    sub.add_argument("--out", type=Path, help="save results as JSON here")
 
     sub = kinds.add_parser("samples", help="FID, KID, IS and precision/recall of generated images.",
                            description="FID, KID, IS and precision/recall of a folder of samples against a reference "
@@ -138,6 +161,37 @@ def run_recon(args) -> int:
         model, dataset, limit=args.limit, batch_size=args.batch_size, num_workers=args.workers,
         features=_stand_in(args.features), inception_path=args.inception, fid=not args.no_fid, vgg_path=args.vgg,
         lpips=not args.no_lpips, data_protocol={"spec": args.data, "config": to_dict(config)})
+    skipped = getattr(dataset, "skipped", None)
+    if skipped:
+        result.notes.append(f"{len(skipped)} unreadable files were skipped (replaced by the next readable one)")
+    return _finish(result, args.out)
+
+
+def run_nll(args) -> int:
+    from dataclasses import replace
+
+    from .api import load_model
+    from .config import to_dict
+    from .data import build_dataset
+    from .metrics.likelihood import evaluate_likelihood
+
+    model = load_model(args.model, config=args.config, device=args.device)
+    if not hasattr(model, "token_nll"):
+        raise ValueError(f"{args.model}: `tamer eval nll` needs a Transformer, this is a {type(model).__name__}")
+    height, width = model.config.image_size
+    config = data_config(args.data, args.size, height, args.limit, args.seed)
+    conditioning = model.config.conditioning
+    if config.kind == "procedural" and conditioning.kind == "class":
+        config = replace(config, num_classes=min(config.num_classes, conditioning.num_classes))
+    side = config.crop or config.size
+    if (side, side) != (height, width):
+        raise ValueError(f"--size: the model was trained on {height}×{width} images; {side}×{side} would need "
+                         "sliding-window likelihoods, which are not implemented")
+    dataset = build_dataset(config)
+    result = evaluate_likelihood(model, dataset, limit=args.limit, batch_size=args.batch_size,
+                                 num_workers=args.workers, image_key=args.image_key,
+                                 data_protocol={"spec": args.data, "config": to_dict(config)})
+    result.protocol["model"] = str(args.model)
     skipped = getattr(dataset, "skipped", None)
     if skipped:
         result.notes.append(f"{len(skipped)} unreadable files were skipped (replaced by the next readable one)")

@@ -17,6 +17,20 @@ from ..vqgan import VQGAN
 from .distributed import all_reduce_sum
 
 
+def one_hot_labels(labels: torch.Tensor, channels: int) -> torch.Tensor:
+    """Label maps ``B×H×W`` (or ``B×1×H×W``) -> float one-hot ``B×channels×H×W`` in {0, 1}, the input of a
+    segmentation VQGAN (as :class:`~tamer.conditioning.SpatialVQ` prepares conditions)."""
+    if labels.dim() == 4 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.dim() != 3:
+        raise ValueError(f"label map: expected B×H×W integers, got {tuple(labels.shape)}")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= channels:
+        raise ValueError(f"label map: labels must lie in 0..{channels - 1} (model.autoencoder.in_channels), "
+                         f"got {low}..{high}")
+    return torch.nn.functional.one_hot(labels.long(), channels).permute(0, 3, 1, 2).float()
+
+
 class VQGANTask:
     """Generator step (reconstruction + perceptual + adaptive GAN + codebook losses), then discriminator step."""
 
@@ -35,7 +49,10 @@ class VQGANTask:
     def _images(self, batch: Any) -> torch.Tensor:
         if self.image_key not in batch:
             raise KeyError(f"batch has no {self.image_key!r} (keys: {sorted(batch)}); set image_key in the config")
-        return batch[self.image_key]
+        images = batch[self.image_key]
+        if not images.is_floating_point():  # a label map B×H×W: one-hot over the model's channels
+            images = one_hot_labels(images, self.model.config.autoencoder.in_channels)
+        return images
 
     def step(self, modules: dict[str, nn.Module], batch: Any, step: int) -> Iterator[tuple[str, torch.Tensor, dict]]:
         images = self._images(batch)
@@ -64,7 +81,7 @@ class VQGANTask:
 
     @torch.no_grad()
     def validate(self, model: nn.Module, batches: Iterator[Any]) -> dict[str, float]:
-        sums: dict[str, float] = {"psnr": 0.0, "ssim": 0.0, "l1": 0.0}
+        sums: dict[str, float] = {"psnr": 0.0, "l1": 0.0}
         lpips = self.loss.perceptual_loss
         if lpips is not None:
             sums["lpips"] = 0.0
@@ -76,11 +93,14 @@ class VQGANTask:
             reconstruction = out.reconstruction.float().clamp(-1, 1)
             sums["psnr"] += psnr(reconstruction, images).sum().item()
             sums["l1"] += (reconstruction - images).abs().flatten(1).mean(1).sum().item()
-            if images.shape[1] in (1, 3) and min(images.shape[-2:]) >= 11:
-                sums["ssim"] += ssim(reconstruction, images).sum().item()
+            if images.shape[1] in (1, 3) and min(images.shape[-2:]) >= 11:  # SSIM of pictures only
+                sums["ssim"] = sums.get("ssim", 0.0) + ssim(reconstruction, images).sum().item()
             if lpips is not None:
                 sums["lpips"] += lpips(images, reconstruction).sum().item()
             counts += torch.bincount(out.indices.flatten().cpu(), minlength=model.vocab_size).float()
+            if hasattr(model, "colorize") and images.shape[1] > 3:  # segmentation: how many labels come back
+                agree = reconstruction.argmax(1) == images.argmax(1)
+                sums["label_accuracy"] = sums.get("label_accuracy", 0.0) + agree.flatten(1).float().mean(1).sum().item()
             seen += images.shape[0]
         metrics = {k: v / max(seen, 1) for k, v in sums.items()}
         metrics.update(codebook_statistics(counts))
@@ -91,7 +111,8 @@ class VQGANTask:
         images = self._images(batch)[:8].float()
         reconstruction = model(images).reconstruction.float().clamp(-1, 1)
         if hasattr(model, "colorize") and images.shape[1] > 3:
-            images, reconstruction = model.to_rgb(images), model.to_rgb(reconstruction)
+            labels = one_hot_labels(reconstruction.argmax(1), reconstruction.shape[1])
+            images, reconstruction = model.to_rgb(images), model.to_rgb(labels)
         grid = make_grid(torch.cat([images, reconstruction]), nrow=images.shape[0], padding=2, pad_value=1.0)
         return {"inputs-reconstructions": grid}
 
