@@ -27,10 +27,9 @@ from __future__ import annotations
 import sys
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .nn.gpt import GPT, attention_mask
+from .nn.gpt import GPT
 from .sampling import Callback, SamplingSettings, draw, guide, seed_rows
 
 
@@ -81,37 +80,9 @@ CACHE_BYTES = 4 << 30
 
 def _extend(gpt: GPT, k_cache: torch.Tensor, v_cache: torch.Tensor, tokens: torch.Tensor, start: int,
             logits: bool = True) -> torch.Tensor | None:
-    """Run ``tokens`` (``N×T``) at positions ``start .. start+T-1`` on top of the cached positions ``< start``, store
-    their keys and values, and return the logits ``N×V`` of the last one (the GPT's own layers, in eval mode)."""
-    N, T = tokens.shape
-    end = start + T
-    n_unmasked = gpt.config.n_unmasked
-    x = gpt.tok_emb(tokens) + gpt.pos_emb[:, start:end]
-    mask = None
-    causal = False
-    if T > 1:
-        if start == 0 and n_unmasked <= 1:
-            causal = True
-        else:  # the chunk's rows of the full causal (or prefix-bidirectional) mask
-            full = attention_mask(end, n_unmasked, x.device)
-            full = torch.ones(end, end, dtype=torch.bool, device=x.device).tril() if full is None else full
-            mask = full[start:end]
-    last = len(gpt.blocks) - 1
-    for layer, block in enumerate(gpt.blocks):
-        attn = block.attn
-        h = block.ln1(x)
-        q, k, v = (proj(h).view(N, T, attn.n_head, -1).transpose(1, 2) for proj in (attn.query, attn.key, attn.value))
-        k_cache[layer, :, :, start:end] = k
-        v_cache[layer, :, :, start:end] = v
-        if layer == last:  # past its keys and values, only the last position's output is wanted
-            if not logits:
-                return None
-            x, q, mask, causal = x[:, -1:], q[:, :, -1:], None, False
-        keys, values = k_cache[layer, :, :, :end], v_cache[layer, :, :, :end]
-        y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, is_causal=causal)
-        x = x + attn.proj(y.transpose(1, 2).reshape(N, x.shape[1], -1))
-        x = x + block.mlp(block.ln2(x))
-    return gpt.head(gpt.ln_f(x[:, -1]))
+    """:meth:`GPT.extend` on one window's caches (a seam: ``bench/bench_sliding_window.py`` wraps it to count the
+    positions run)."""
+    return gpt.extend(tokens, start, k_cache, v_cache, logits=logits)
 
 
 @torch.no_grad()

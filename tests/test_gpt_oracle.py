@@ -5,9 +5,19 @@ import torch
 
 from taming.modules.transformer import mingpt  # needs the `transformers` stub of conftest.py
 
+import tamer.nn.gpt as gpt_module
 from tamer.nn.gpt import GPT, GPTConfig, generate, sample_next, top_k_filter, top_p_filter
 
 SMALL = dict(vocab_size=64, block_size=32, n_layer=2, n_head=4, n_embd=64)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: per-operation overhead dominates, and on a shared 2-core machine a second thread only spins."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def make_pair(n_unmasked: int = 0) -> tuple[GPT, mingpt.GPT]:
@@ -124,7 +134,10 @@ def test_cache_errors_are_clear():
 
 
 @pytest.mark.parametrize("n_unmasked", [0, 5])
-def test_greedy_generation_matches_original_samplers(n_unmasked):
+@pytest.mark.parametrize("fast", [False, True], ids=["f_linear", "fast"])
+def test_greedy_generation_matches_original_samplers(n_unmasked, fast, monkeypatch):
+    if fast:  # the (W @ x^T)^T products that large weights take, on these small ones
+        monkeypatch.setattr(gpt_module, "SMALL_WEIGHT", 0)
     ours, theirs = make_pair(n_unmasked)
     prefix = torch.randint(0, SMALL["vocab_size"], (3, 6))
     steps = SMALL["block_size"] - prefix.shape[1]  # fill the whole block
@@ -179,3 +192,107 @@ def test_sampling_respects_filters_and_is_reproducible():
     c = generate(ours, prefix, 12, temperature=1.5, generator=torch.Generator().manual_seed(8))
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+
+
+# ---- the fast CPU path of few-row products, GPT.extend ------------------------------------------------------------
+
+
+@pytest.fixture
+def fast_path(monkeypatch):
+    """Take the (W @ x^T)^T path of `linear` for the small test weights too (normally only weights of 1 MiB on)."""
+    monkeypatch.setattr(gpt_module, "SMALL_WEIGHT", 0)
+
+
+def test_fast_linear_is_taken_and_equals_f_linear(fast_path):
+    layer = torch.nn.Linear(64, 48)
+    x = torch.randn(3, 2, 64)
+    with torch.no_grad():
+        out = gpt_module.linear(x, layer)
+        assert not out.is_contiguous()  # the transposed view of W @ x^T: the fast path ran
+        torch.testing.assert_close(out, layer(x), atol=1e-6, rtol=1e-5)
+        no_bias = torch.nn.Linear(64, 48, bias=False)
+        torch.testing.assert_close(gpt_module.linear(x.transpose(0, 1), no_bias), no_bias(x.transpose(0, 1)),
+                                   atol=1e-6, rtol=1e-5)
+        many = torch.randn(gpt_module.SMALL_ROWS + 1, 64)
+        assert gpt_module.linear(many, layer).is_contiguous()  # more rows: F.linear
+
+
+@pytest.mark.parametrize("n_unmasked", [0, 5])
+def test_fast_decode_path_equals_plain_forward(fast_path, n_unmasked):
+    ours, _ = make_pair(n_unmasked)
+    B, prefix, total = 2, 6, 20
+    idx = torch.randint(0, SMALL["vocab_size"], (B, total))
+    with torch.no_grad():
+        full = ours(idx)[0]
+    ours.setup_cache(B, max_len=total)
+    steps = [ours.prefill(idx[:, :prefix])]
+    steps += [ours.decode_one(idx[:, t], t) for t in range(prefix, total)]
+    torch.testing.assert_close(torch.stack(steps, dim=1), full[:, prefix - 1:], atol=1e-4, rtol=1e-4)
+    ours.prefill(idx[:, :prefix])  # the tensor position (compile-friendly form) takes the same path
+    torch.testing.assert_close(ours.decode_one(idx[:, prefix], torch.tensor(prefix)), steps[1], atol=1e-5, rtol=1e-5)
+
+
+def test_weights_changed_after_setup_are_used(fast_path):
+    ours, _ = make_pair()
+    other, _ = make_pair()
+    idx = torch.randint(0, SMALL["vocab_size"], (2, 10))
+    ours.setup_cache(2, max_len=10)
+    ours.prefill(idx[:, :5])
+    ours.decode_one(idx[:, 5], 5)
+    ours.load_state_dict(other.state_dict())  # in place, after the cache and a few steps
+    with torch.no_grad():
+        ours.blocks[0].mlp[2].weight.mul_(1.5)
+        other.blocks[0].mlp[2].weight.mul_(1.5)
+        expected = other(idx)[0]
+    steps = [ours.prefill(idx[:, :5])] + [ours.decode_one(idx[:, t], t) for t in range(5, 10)]
+    torch.testing.assert_close(torch.stack(steps, dim=1), expected[:, 4:], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("n_unmasked", [0, 5])
+@pytest.mark.parametrize("fast", [False, True], ids=["f_linear", "fast"])
+def test_extend_on_outside_caches_equals_full_forward(n_unmasked, fast, monkeypatch):
+    if fast:
+        monkeypatch.setattr(gpt_module, "SMALL_WEIGHT", 0)
+    ours, _ = make_pair(n_unmasked)
+    N, total = 3, 24
+    idx = torch.randint(0, SMALL["vocab_size"], (N, total))
+    with torch.no_grad():
+        full = ours(idx)[0]
+    shape = (SMALL["n_layer"], N, SMALL["n_head"], total, SMALL["n_embd"] // SMALL["n_head"])
+    k, v = torch.zeros(shape), torch.zeros(shape)
+    # Chunks of 7 (keys only), 1, 4, 1, 11 positions; the own cache is never touched.
+    assert ours.extend(idx[:, :7], 0, k, v, logits=False) is None
+    logits = {}
+    for start, end in ((7, 8), (8, 12), (12, 13), (13, 24)):
+        logits[end] = ours.extend(idx[:, start:end], start, k, v)
+    for end, got in logits.items():
+        torch.testing.assert_close(got, full[:, end - 1], atol=1e-4, rtol=1e-4)
+    assert ours.cache is None
+    # A list of per-layer tensors works too, and so does the own cache.
+    again = ours.extend(idx, 0, list(k), list(v))
+    torch.testing.assert_close(again, full[:, -1], atol=1e-4, rtol=1e-4)
+    ours.setup_cache(N, total)
+    torch.testing.assert_close(ours.extend(idx[:, :10], 0), full[:, 9], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours.extend(idx[:, 10:12], 10), full[:, 11], atol=1e-4, rtol=1e-4)
+
+
+def test_extend_errors_are_clear():
+    ours, _ = make_pair(n_unmasked=5)
+    shape = (SMALL["n_layer"], 2, SMALL["n_head"], 12, SMALL["n_embd"] // SMALL["n_head"])
+    k, v = torch.zeros(shape), torch.zeros(shape)
+    idx = torch.randint(0, SMALL["vocab_size"], (2, 12))
+    with pytest.raises(ValueError, match="n_unmasked"):
+        ours.extend(idx[:, :3], 0, k, v)  # the bidirectional prefix needs all its positions at once
+    ours.extend(idx[:, :6], 0, k, v)
+    with pytest.raises(ValueError, match="bidirectional prefix"):
+        ours.extend(idx[:, 3:6], 3, k, v)
+    with pytest.raises(ValueError, match="beyond the KV cache"):
+        ours.extend(idx[:, :2], 11, k, v)
+    with pytest.raises(ValueError, match="batch"):
+        ours.extend(idx[:1, 6:7], 6, k, v)
+    with pytest.raises(ValueError, match="layers"):
+        ours.extend(idx[:, 6:7], 6, k[:1], v[:1])
+    with pytest.raises(ValueError, match="block_size"):
+        ours.extend(torch.zeros(2, 2, dtype=torch.long), SMALL["block_size"] - 1, k, v)
+    with pytest.raises(RuntimeError, match="setup_cache"):
+        ours.extend(idx[:, 6:7], 6)

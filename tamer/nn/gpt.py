@@ -4,14 +4,38 @@ Parameter names follow CompVis/taming-transformers exactly (``tok_emb``, ``pos_e
 ``blocks.0.mlp.0``, ``head``, ...) so the original checkpoints load as they are; the original's ``attn.mask``
 buffer is not stored (the mask is rebuilt from the config). Attention runs through ``scaled_dot_product_attention``.
 
-Sampling is prefill-then-decode: :meth:`GPT.setup_cache` allocates the keys and values once (fixed shapes, so the
-decode step is ``torch.compile`` friendly), :meth:`GPT.prefill` runs the prefix, and :meth:`GPT.decode_one` adds one
-token at a time. The original re-ran the whole sequence for every new token.
+Sampling is prefill-then-decode: :meth:`GPT.setup_cache` allocates the keys and values once, :meth:`GPT.prefill`
+runs the prefix, and :meth:`GPT.decode_one` adds one token at a time. :meth:`GPT.extend` adds a chunk of tokens on
+top of a cache, the GPT's own or one the caller keeps (the sliding-window sampler keeps one per window); prefill,
+extend and the eager decode step are the same code (:meth:`Block.cached`). The original re-ran the whole sequence
+for every new token.
+
+Speed on the CPU: a decode step multiplies a few rows (the batch) by every weight matrix, so it is bound by how fast
+the weights stream from memory (12 layers × 3.1M float32 parameters per step for the 12×512 model). MKL runs
+``F.linear`` (``x @ W^T``) at 4 rows far below the memory's speed (one core here: about 4.5 GB/s from a matrix too
+large for the caches, where a plain sum streams 15 GB/s); the same product computed as ``(W @ x^T)^T`` reads ``W``
+at about 9 GB/s, so :func:`linear` uses that form for few rows of float32 on the CPU (measured numbers there).
+Larger products (prefill, training), small weights and other devices keep ``F.linear``.
+
+Compiled decoding: with ``pos`` a 0-d long tensor on the cache's device, :meth:`decode_one` has fixed shapes (it
+attends over the whole cache under a mask) and compiles once::
+
+    gpt.setup_cache(batch_size, max_len)
+    step = torch.compile(gpt.decode_one, fullgraph=True)
+    logits = step(token, torch.tensor(pos))
+
+What it costs and buys on the CPU (12×512 model, batch 4, one thread): about 30 s to compile, and with
+``torch._inductor.config.freezing = True`` a step of 25.1 instead of 26.5 ms (best of 6 rounds; the medians differ
+by as much as the rounds do); without freezing no gain. The eager step with an int ``pos`` (what the samplers use)
+is the default for that reason. Compiling keeps :func:`linear`'s form: inductor's frozen, MKL-packed ``F.linear``
+made the compiled step slower (33.0 ms). Not yet measured on a GPU, where compiling (``mode="reduce-overhead"``,
+CUDA graphs) should matter more.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +79,37 @@ def attention_mask(length: int, n_unmasked: int, device=None) -> torch.Tensor | 
     return mask
 
 
+# `linear` computes (W @ x^T)^T for up to SMALL_ROWS rows of float32 on the CPU and weights of SMALL_WEIGHT or more
+# elements (1 MiB: a 512×512 matrix); otherwise F.linear.
+SMALL_ROWS = 32
+SMALL_WEIGHT = 1 << 18
+
+
+def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """``layer(x)``; for few rows of float32 on the CPU and a large weight computed as ``(W @ x^T)^T``.
+
+    The same products summed in another order (float noise). Why: at few rows the product is bound by reading
+    ``W`` from memory, and MKL streams ``W`` much faster in this form. One core, the weights of a 12-layer 512-wide
+    GPT (too large for the caches, as in a decode step), 4 rows, µs per layer, ``F.linear`` -> this: q+k+v
+    547 -> 369, proj 190 -> 118, fc1 778 -> 465, fc2 546 -> 453; a whole block 2242 -> 1369. At 1 row both are a
+    matrix-vector product; from 16 rows on the gain is under 10% (:data:`SMALL_ROWS`). A weight small enough to stay
+    in the CPU's caches gains nothing and pays about 9 µs more per call in this form (:data:`SMALL_WEIGHT`).
+    Tried and dropped: MKL's packed weights (``torch.ops.mkl._mkl_linear``, what inductor's freezing uses), no faster
+    than ``F.linear`` once the weights come from memory (2320 µs a block), and one fused q/k/v matrix (decode step
+    26.0 against 25.6 ms, within noise, for a copy of the weights). ``x`` is made contiguous first (``x^T``
+    column-major: from a row-major ``x^T`` MKL is three times slower); the result is a transposed view. Module
+    hooks on ``layer`` do not run on this path.
+    """
+    w = layer.weight
+    rows = x.numel() // x.shape[-1]
+    if rows > SMALL_ROWS or w.numel() < SMALL_WEIGHT or not x.is_cpu or x.dtype is not torch.float32:
+        return layer(x)
+    flat = x.reshape(rows, x.shape[-1]).contiguous()
+    b = layer.bias
+    out = torch.mm(w, flat.t()) if b is None else torch.addmm(b.unsqueeze(1), w, flat.t())
+    return out.t().view(*x.shape[:-1], w.shape[0])
+
+
 class KVCache(nn.Module):
     """Keys and values of one attention layer for positions ``[0, max_len)``, allocated once.
 
@@ -77,7 +132,7 @@ class KVCache(nn.Module):
         return self.k.shape[2]
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write ``k, v`` (``B×nh×T×hd``) at ``input_pos`` (``T``) and return the whole cache."""
+        """Write ``k, v`` (``B×nh×T×hd``) at ``input_pos`` (``T``, a tensor) and return the whole cache."""
         self.k.index_copy_(2, input_pos, k.to(self.k.dtype))
         self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
         return self.k, self.v
@@ -100,28 +155,50 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         return x.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, input_pos: torch.Tensor | None = None,
-                decode_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Without ``input_pos``: a plain forward. With it, also write k, v to the cache at ``input_pos``; with
-        ``decode_mask`` as well, attend over the cache (decode) instead of over ``x`` alone (prefill): over its first
-        ``decode_mask`` positions when that is an int, else over the positions the boolean mask allows."""
-        B, T, C = x.shape
-        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
-        if input_pos is not None:
-            k_all, v_all = self.kv_cache.update(input_pos, k, v)
-            if isinstance(decode_mask, int):  # eager decoding: the filled part of the cache, no mask needed
-                k, v = k_all[:, :, :decode_mask].to(q.dtype), v_all[:, :, :decode_mask].to(q.dtype)
-                y = F.scaled_dot_product_attention(q, k, v)
-                return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, T, C)))
-            if decode_mask is not None:
-                k, v, attn_mask = k_all.to(q.dtype), v_all.to(q.dtype), decode_mask
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # Queries contiguous: from the transposed view of `linear`, SDPA on the CPU leaves its flash kernel for the
+        # math one, which also scales the whole key cache (decode step of the 12×512 model at ~125 cached
+        # positions, batch 4: 532 instead of 316 µs a layer).
+        q = linear(x, self.query).contiguous()
+        return self._heads(q), self._heads(linear(x, self.key)), self._heads(linear(x, self.value))
+
+    def _out(self, y: torch.Tensor) -> torch.Tensor:
+        B, _, T, hd = y.shape
+        return self.resid_drop(linear(y.transpose(1, 2).reshape(B, T, self.n_head * hd), self.proj))
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention within ``x`` (``B×T×C``): causal, or as the boolean ``attn_mask`` allows."""
+        q, k, v = self._qkv(x)
         dropout_p = self.attn_pdrop if self.training else 0.0
-        if attn_mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
-        y = y.transpose(1, 2).reshape(B, T, C)
-        return self.resid_drop(self.proj(y))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+                                           is_causal=attn_mask is None)
+        return self._out(y)
+
+    def cached(self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, start: int,
+               attn_mask: torch.Tensor | None = None, is_causal: bool = False, queries: str = "all"):
+        """``x`` (``B×T×C``) at positions ``start .. start+T-1``: write its keys and values into ``k_cache``,
+        ``v_cache`` (``B×nh×max_len×hd``) and attend over the cached positions ``< start+T`` (``attn_mask``: the
+        chunk's rows of the full mask, or ``is_causal`` when ``start`` is 0). ``queries``: "all" positions,
+        only the "last" one (``B×1×C``), or "none" (only store keys and values; returns None)."""
+        q, k, v = self._qkv(x)
+        end = start + x.shape[1]
+        k_cache[:, :, start:end] = k
+        v_cache[:, :, start:end] = v
+        if queries == "none":
+            return None
+        if queries == "last" and x.shape[1] > 1:  # the last position attends to all keys up to itself
+            q, attn_mask, is_causal = q[:, :, -1:], None, False
+        keys, values = k_cache[:, :, :end].to(q.dtype), v_cache[:, :, :end].to(q.dtype)
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask, is_causal=is_causal)
+        return self._out(y)
+
+    def decode_static(self, x: torch.Tensor, input_pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """One position ``input_pos`` (a 1-element tensor) over the whole own cache under the boolean ``mask``:
+        fixed shapes, for ``torch.compile``."""
+        q, k, v = self._qkv(x)
+        k_all, v_all = self.kv_cache.update(input_pos, k, v)
+        y = F.scaled_dot_product_attention(q, k_all.to(q.dtype), v_all.to(q.dtype), attn_mask=mask)
+        return self._out(y)
 
 
 class Block(nn.Module):
@@ -137,9 +214,27 @@ class Block(nn.Module):
             nn.Dropout(config.resid_pdrop),
         )
 
-    def forward(self, x: torch.Tensor, attn_mask=None, input_pos=None, decode_mask=None) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), attn_mask, input_pos, decode_mask)
-        return x + self.mlp(self.ln2(x))
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """``self.mlp(x)``, through :func:`linear`."""
+        fc1, act, fc2, drop = self.mlp
+        return drop(linear(act(linear(x, fc1)), fc2))
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), attn_mask)
+        return x + self._mlp(self.ln2(x))
+
+    def cached(self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, start: int,
+               attn_mask: torch.Tensor | None = None, is_causal: bool = False, queries: str = "all"):
+        """The block over a KV cache; see :meth:`CausalSelfAttention.cached`."""
+        y = self.attn.cached(self.ln1(x), k_cache, v_cache, start, attn_mask, is_causal, queries)
+        if y is None:
+            return None
+        x = x[:, -1:] + y if queries == "last" else x + y
+        return x + self._mlp(self.ln2(x))
+
+    def decode_static(self, x: torch.Tensor, input_pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn.decode_static(self.ln1(x), input_pos, mask)
+        return x + self._mlp(self.ln2(x))
 
 
 class GPT(nn.Module):
@@ -180,7 +275,7 @@ class GPT(nn.Module):
         return x
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.ln_f(x))
+        return linear(self.ln_f(x), self.head)
 
     def forward(self, idx: torch.Tensor, embeddings: torch.Tensor | None = None,
                 targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -226,11 +321,49 @@ class GPT(nn.Module):
         cache = self.cache
         if cache is None:
             raise RuntimeError("GPT: no KV cache; call setup_cache(batch_size, max_len) first")
-        if cache.batch_size != batch_size:
-            raise ValueError(f"GPT: batch of {batch_size} but the KV cache holds {cache.batch_size} sequences")
-        if end > cache.max_len:
-            raise ValueError(f"GPT: position {end - 1} is beyond the KV cache (max_len={cache.max_len})")
+        self._check_cache(cache.k, batch_size, end)
         return cache
+
+    @staticmethod
+    def _check_cache(k: torch.Tensor, batch_size: int, end: int) -> None:
+        """``k``: one layer's keys, ``batch×nh×max_len×hd``."""
+        if k.shape[0] != batch_size:
+            raise ValueError(f"GPT: batch of {batch_size} but the KV cache holds {k.shape[0]} sequences")
+        if end > k.shape[2]:
+            raise ValueError(f"GPT: position {end - 1} is beyond the KV cache (max_len={k.shape[2]})")
+
+    def _own_caches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        return [(block.attn.kv_cache.k, block.attn.kv_cache.v) for block in self.blocks]
+
+    def _chunk_mask(self, start: int, end: int, device) -> tuple[torch.Tensor | None, bool]:
+        """Rows ``start .. end-1`` of the full ``end×end`` attention mask, as SDPA's ``(attn_mask, is_causal)``."""
+        n_unmasked = self.config.n_unmasked
+        if start > 0 and start < n_unmasked and n_unmasked > 1:
+            # Earlier positions would have to see these ones (a bidirectional prefix), which a cache cannot redo.
+            raise ValueError(f"GPT: positions from {start} on are inside the bidirectional prefix "
+                             f"(n_unmasked={n_unmasked}); run the whole prefix in one call")
+        if end - start == 1:  # one position (after any bidirectional prefix): it attends to all up to itself
+            return None, False
+        if start == 0 and n_unmasked <= 1:
+            return None, True
+        full = attention_mask(end, n_unmasked, device)
+        if full is None:
+            full = torch.ones(end, end, dtype=torch.bool, device=device).tril()
+        return full[start:], False
+
+    def _run(self, x: torch.Tensor, start: int, caches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+             logits: bool = True) -> torch.Tensor | None:
+        """Embeddings ``x`` (``B×T×C``) at positions ``start ..`` through every block over ``caches`` (one
+        ``(keys, values)`` per layer); the logits ``B×V`` of the last position, or None with ``logits=False``."""
+        end = start + x.shape[1]
+        x = self.drop(x + self.pos_emb[:, start:end])
+        mask, is_causal = self._chunk_mask(start, end, x.device)
+        last = len(self.blocks) - 1
+        for layer, (block, (k_cache, v_cache)) in enumerate(zip(self.blocks, caches)):
+            # Past its keys and values, the last layer is needed only for the last position's logits.
+            queries = ("last" if logits else "none") if layer == last else "all"
+            x = block.cached(x, k_cache, v_cache, start, mask, is_causal, queries)
+        return None if x is None else self._head(x[:, -1])
 
     @torch.no_grad()
     def prefill(self, idx: torch.Tensor, embeddings: torch.Tensor | None = None) -> torch.Tensor:
@@ -245,35 +378,59 @@ class GPT(nn.Module):
             raise ValueError(f"GPT.prefill: prefix of {T} positions is shorter than n_unmasked="
                              f"{self.config.n_unmasked}")
         self._require_cache(B, T)
-        x = self.drop(x + self.pos_emb[:, :T])
-        mask = attention_mask(T, self.config.n_unmasked, x.device)
-        input_pos = torch.arange(T, device=x.device)
-        for block in self.blocks:
-            x = block(x, mask, input_pos)
-        return self._head(x[:, -1])
+        return self._run(x, 0, self._own_caches())
+
+    @torch.no_grad()
+    def extend(self, tokens: torch.Tensor, start: int, k_cache=None, v_cache=None,
+               logits: bool = True) -> torch.Tensor | None:
+        """Run ``tokens`` (``N×T``) at positions ``start .. start+T-1`` on top of the cached positions ``< start``,
+        store their keys and values, and return the logits ``N×V`` of the last one (None with ``logits=False``,
+        which also skips the last layer's attention and MLP).
+
+        The cache is the GPT's own (:meth:`setup_cache`) unless ``k_cache`` and ``v_cache`` are given: per layer,
+        ``N×n_head×max_len×head_dim`` keys and values (a list, or one ``n_layer×N×...`` tensor). Positions from
+        ``start`` on are overwritten; a chunk starting inside a bidirectional prefix (``n_unmasked``) must start at 0
+        and cover it.
+        """
+        N, T = tokens.shape
+        end = start + T
+        if T < 1 or start < 0:
+            raise ValueError(f"GPT.extend: expected at least one token at a position >= 0, got {T} at {start}")
+        if end > self.block_size:
+            raise ValueError(f"GPT: sequence of {end} positions exceeds block_size={self.block_size}")
+        if start == 0 and end < self.config.n_unmasked:
+            raise ValueError(f"GPT.extend: {T} positions from 0 are fewer than n_unmasked={self.config.n_unmasked}")
+        if k_cache is None:
+            self._require_cache(N, end)
+            caches = self._own_caches()
+        else:
+            if len(k_cache) != len(self.blocks) or len(v_cache) != len(self.blocks):
+                raise ValueError(f"GPT.extend: expected keys and values of {len(self.blocks)} layers")
+            self._check_cache(k_cache[0], N, end)
+            caches = zip(k_cache, v_cache)
+        return self._run(self.tok_emb(tokens), start, caches, logits)
 
     @torch.no_grad()
     def decode_one(self, token: torch.Tensor, pos: int | torch.Tensor) -> torch.Tensor:
         """Add ``token`` (``B`` or ``B×1``) at position ``pos`` (after a prefill of at least ``pos`` positions)
         and return its logits ``B×V``.
 
-        Fixed shapes throughout: with ``pos`` as a 0-d long tensor on the cache's device this step compiles once
-        with ``torch.compile``. An int ``pos`` is bounds-checked here; a tensor one is not (that would sync).
+        An int ``pos`` is bounds-checked and attends over the filled part of the cache only (the fastest eager
+        step). A 0-d long tensor ``pos`` on the cache's device is not checked (that would sync) and attends over
+        the whole cache under a mask: fixed shapes, so the step compiles once with ``torch.compile``.
         """
         token = token.reshape(-1, 1)
         if isinstance(pos, int):
             if pos < 0:
                 raise ValueError(f"GPT.decode_one: negative position {pos}")
-            cache = self._require_cache(token.shape[0], pos + 1)
-            decode_mask = pos + 1  # a known length: attend over the filled part of the cache only
-            pos = torch.tensor(pos, device=cache.k.device)
-        else:
-            cache = self._require_cache(token.shape[0], 0)
-            decode_mask = (cache.positions <= pos).view(1, 1, 1, -1)  # fixed shape, for torch.compile
+            self._require_cache(token.shape[0], pos + 1)
+            return self._run(self.tok_emb(token), pos, self._own_caches())
+        cache = self._require_cache(token.shape[0], 0)
+        mask = (cache.positions <= pos).view(1, 1, 1, -1)
         input_pos = pos.reshape(1)
         x = self.drop(self.tok_emb(token) + self.pos_emb.index_select(1, input_pos))
         for block in self.blocks:
-            x = block(x, None, input_pos, decode_mask)
+            x = block.decode_static(x, input_pos, mask)
         return self._head(x[:, -1])
 
 
