@@ -10,6 +10,7 @@ from pathlib import Path
 from .checkpoints import CheckpointError
 from .config import ConfigError
 from .imageio import ImageError
+from .presets import preset_path
 from .train.trainer import TrainingDiverged
 
 
@@ -80,17 +81,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub = stages.add_parser("vqgan", help="Train a VQGAN (stage 1).", description="Train a VQGAN (stage 1). "
                             "Run under `torchrun --nproc_per_node N` for several processes.")
     sub.set_defaults(run=_train_vqgan)
-    sub.add_argument("--config", type=Path, help="a preset YAML (see configs/)")
+    sub.add_argument("--config", type=Path, help="a preset name (vqgan_tiny_cpu, vqgan_custom, ...) or YAML file")
     sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.steps=2000 model.quantizer.num_codes=512")
     sub.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, metrics.jsonl, images, model/")
     sub.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    sub = stages.add_parser("transformer", help="Train the transformer over a VQGAN's codes (stage 2).",
+                            description="Train the transformer over a trained VQGAN's codes (stage 2): first_stage "
+                            "names the VQGAN; code grid, vocab_size and block_size are derived. Run under "
+                            "`torchrun --nproc_per_node N` for several processes.")
+    sub.set_defaults(run=_train_transformer)
+    sub.add_argument("--config", type=Path, help="a preset name (transformer_tiny_class, transformer_custom_classes, ...) or YAML file")
+    sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                     help="e.g. first_stage=runs/vqgan-tiny/model train.steps=2000 cache_codes=true")
+    sub.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, metrics.jsonl, images, model/")
+    sub.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
 
-    sub = command("demo", "Reconstruct the photos bundled with scikit-image and write them with their PSNR.", _demo)
-    sub.add_argument("--model", help="a tamer checkpoint or CompVis .ckpt (default: a freshly initialised VQGAN)")
-    sub.add_argument("--config", help="project.yaml of a CompVis .ckpt")
-    sub.add_argument("--size", type=int, default=256, help="shorter side of the photos in pixels (default 256)")
-    sub.add_argument("--device", default="auto")
+    sub = command("demo", "Train a tiny VQGAN and class- and segmentation-conditional transformers on the built-in "
+                  "data (about 15 min on 2 CPU cores), sample, evaluate, and write an HTML page.", _demo)
+    sub.add_argument("--quick", action="store_true", help="a one-minute version (little training: expect noise)")
     sub.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")
+    sub.add_argument("--device", default="auto")
+    sub.add_argument("--photos", action="store_true",
+                     help="instead: put the photos bundled with scikit-image through the VQGAN given by --model")
+    sub.add_argument("--model", help="with --photos: a tamer VQGAN or CompVis .ckpt (default: untrained)")
+    sub.add_argument("--config", help="with --photos: project.yaml of a CompVis .ckpt")
+    sub.add_argument("--size", type=int, default=256, help="with --photos: shorter side in pixels (default 256)")
     return parser
 
 
@@ -152,17 +167,34 @@ def _convert(args) -> int:
 def _train_vqgan(args) -> int:
     from .train.vqgan_run import load_run_config, train_vqgan
 
-    config = load_run_config(args.config, args.overrides)
+    config = load_run_config(preset_path(args.config) if args.config else None, args.overrides)
     logs = train_vqgan(config, args.out, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":
         print(f"done: model in {args.out / 'model'}; last step: " + ", ".join(f"{k}={v:.4g}" for k, v in logs.items()))
     return 0
 
 
-def _demo(args) -> int:
-    from .demo import run_reconstruction_demo
+def _train_transformer(args) -> int:
+    from .train.transformer_run import load_run_config, train_transformer
 
-    run_reconstruction_demo(args.out, model=args.model, config=args.config, size=args.size, device=args.device)
+    config = load_run_config(preset_path(args.config) if args.config else None, args.overrides)
+    logs = train_transformer(config, args.out, resume=args.resume)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"done: model in {args.out / 'model'}; last step: " + ", ".join(f"{k}={v:.4g}" for k, v in logs.items()))
+    return 0
+
+
+def _demo(args) -> int:
+    if args.photos:
+        from .photo_demo import run_reconstruction_demo
+
+        run_reconstruction_demo(args.out, model=args.model, config=args.config, size=args.size, device=args.device)
+        return 0
+    if args.model or args.config:
+        raise ValueError("--model/--config go with --photos; the full demo trains its own models")
+    from .demo import run_demo
+
+    run_demo(args.out, quick=args.quick, device=args.device)
     return 0
 
 

@@ -42,6 +42,7 @@ class DataConfig:
     length: int = 10_000
     num_classes: int = len(SHAPES)
     seed: int = 0
+    max_distractors: int = 4  # procedural: shapes of other kinds per scene (0: only the labelled kind)
 
     def __post_init__(self):
         if self.size < 1:
@@ -68,7 +69,8 @@ def build_dataset(config: DataConfig | dict) -> Dataset:
     if config.kind == "procedural":
         reshape = config.crop not in (None, config.size) or config.flip
         transform = ImageTransform(None, config.crop, config.random_crop, config.flip) if reshape else None
-        return ProceduralShapes(config.size, config.length, config.num_classes, config.seed, transform)
+        return ProceduralShapes(config.size, config.length, config.num_classes, config.seed, transform,
+                                config.max_distractors)
     transform = ImageTransform(config.size, config.crop, config.random_crop, config.flip)
     path = Path(config.path)
     if config.kind == "folder":

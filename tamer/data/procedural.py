@@ -197,13 +197,15 @@ def _dominant(segmentation: np.ndarray, label: int) -> bool:
     return counts[label] > np.delete(counts, label).max()
 
 
-def render_scene(size: int, label: int, rng: np.random.Generator) -> Scene:
-    """Draw a scene whose dominant shape kind is ``SHAPES[label]``, all randomness from ``rng``."""
+def render_scene(size: int, label: int, rng: np.random.Generator, max_distractors: int = 4) -> Scene:
+    """Draw a scene whose dominant shape kind is ``SHAPES[label]``, all randomness from ``rng``: one or two shapes
+    of that kind and 1 to ``max_distractors`` of other kinds (none when it is 0)."""
     background = _random_texture(rng, [1, 2, 3, 4], muted=True)
     horizon = (float(rng.uniform(-1.0, -0.9)), float(rng.uniform(-0.7, -0.5)))  # far at the top, nearer below
     others = [k for k in range(len(SHAPES)) if k != label]
     shapes = [_random_shape(rng, label, main=True) for _ in range(int(rng.integers(1, 3)))]
-    shapes += [_random_shape(rng, int(rng.choice(others)), main=False) for _ in range(int(rng.integers(1, 5)))]
+    n_distractors = int(rng.integers(1, max_distractors + 1)) if max_distractors > 0 else 0
+    shapes += [_random_shape(rng, int(rng.choice(others)), main=False) for _ in range(n_distractors)]
     for shape in shapes:
         shape.order = shape.depth
     brought_forward = False
@@ -240,7 +242,7 @@ class ProceduralShapes(Dataset):
     """
 
     def __init__(self, size: int = 64, length: int = 10_000, num_classes: int = len(SHAPES), seed: int = 0,
-                 transform: Callable[[Sample], Sample] | None = None):
+                 transform: Callable[[Sample], Sample] | None = None, max_distractors: int = 4):
         if size < 16:  # below that a shape can fall between pixel centres and the label would lie
             raise ValueError(f"size: expected at least 16 pixels, got {size}")
         if length < 1:
@@ -249,6 +251,9 @@ class ProceduralShapes(Dataset):
             raise ValueError(f"num_classes: expected 1 to {len(SHAPES)} (one per shape kind), got {num_classes}")
         if seed < 0:
             raise ValueError(f"seed: expected a non-negative integer, got {seed}")
+        if max_distractors < 0:
+            raise ValueError(f"max_distractors: expected 0 or more, got {max_distractors}")
+        self.max_distractors = max_distractors
         self.size, self.length, self.num_classes, self.seed, self.transform = size, length, num_classes, seed, transform
         self.classes = list(SHAPES[:num_classes])
         self.num_segmentation_labels = NUM_SEGMENTATION_LABELS
@@ -262,7 +267,7 @@ class ProceduralShapes(Dataset):
             raise IndexError(f"index {index} out of range for a dataset of {self.length}")
         index %= self.length
         rng = np.random.default_rng([self.seed, index])
-        return render_scene(self.size, int(rng.integers(self.num_classes)), rng)
+        return render_scene(self.size, int(rng.integers(self.num_classes)), rng, self.max_distractors)
 
     def __getitem__(self, index: int) -> Sample:
         scene = self.scene(index)

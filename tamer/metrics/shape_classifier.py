@@ -52,12 +52,15 @@ class ShapeClassifier(nn.Module, Pretrained):
 
 
 def train_shape_classifier(size: int = 32, num_classes: int = 10, steps: int = 600, batch_size: int = 64,
-                           seed: int = 0, lr: float = 2e-3, progress: bool = True) -> ShapeClassifier:
-    """Train on ``ProceduralShapes(size, seed=seed)`` items drawn fresh each step (no item seen twice)."""
+                           seed: int = 0, lr: float = 2e-3, max_distractors: int = 4,
+                           progress: bool = True) -> ShapeClassifier:
+    """Train on ``ProceduralShapes(size, seed=seed, max_distractors=...)`` items drawn fresh each step (no item
+    seen twice)."""
     from ..data.procedural import ProceduralShapes
 
     torch.manual_seed(seed)
-    data = ProceduralShapes(size=size, length=steps * batch_size, num_classes=num_classes, seed=seed)
+    data = ProceduralShapes(size=size, length=steps * batch_size, num_classes=num_classes, seed=seed,
+                            max_distractors=max_distractors)
     model = ShapeClassifier(ShapeClassifierConfig(num_classes=num_classes))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
