@@ -348,3 +348,16 @@ def test_config_errors_name_the_key(data, key):
 def test_missing_folder_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         build_dataset({"kind": "folder", "path": str(tmp_path / "nowhere")})
+
+
+def test_scenes_without_distractors_hold_only_their_class():
+    from tamer.data.procedural import ProceduralShapes
+
+    plain = ProceduralShapes(32, 8, max_distractors=0)
+    for i in range(8):
+        item = plain[i]
+        assert set(item["segmentation"].unique().tolist()) <= {0, int(item["label"]) + 1}
+    default, explicit = ProceduralShapes(32, 4), ProceduralShapes(32, 4, max_distractors=4)
+    assert all(torch.equal(default[i]["image"], explicit[i]["image"]) for i in range(4))
+    with pytest.raises(ValueError, match="max_distractors"):
+        ProceduralShapes(32, 4, max_distractors=-1)
