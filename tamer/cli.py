@@ -167,18 +167,19 @@ def _convert(args) -> int:
 def _train_vqgan(args) -> int:
     from .train.vqgan_run import load_run_config, train_vqgan
 
-    config = load_run_config(preset_path(args.config) if args.config else None, args.overrides)
-    logs = train_vqgan(config, args.out, resume=args.resume)
-    if os.environ.get("RANK", "0") == "0":
-        print(f"done: model in {args.out / 'model'}; last step: " + ", ".join(f"{k}={v:.4g}" for k, v in logs.items()))
-    return 0
+    return _train(args, load_run_config, train_vqgan)
 
 
 def _train_transformer(args) -> int:
     from .train.transformer_run import load_run_config, train_transformer
 
+    return _train(args, load_run_config, train_transformer)
+
+
+def _train(args, load_run_config, train) -> int:
+    """Preset + overrides -> a run; only rank 0 reports, so torchrun prints one line."""
     config = load_run_config(preset_path(args.config) if args.config else None, args.overrides)
-    logs = train_transformer(config, args.out, resume=args.resume)
+    logs = train(config, args.out, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":
         print(f"done: model in {args.out / 'model'}; last step: " + ", ".join(f"{k}={v:.4g}" for k, v in logs.items()))
     return 0

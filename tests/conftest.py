@@ -20,3 +20,13 @@ if not hasattr(_transformers, "top_k_top_p_filtering"):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def one_thread():
+    """For tiny models: per-operation overhead dominates, and on a shared 2-core machine a second thread only
+    spins."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

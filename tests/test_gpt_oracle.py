@@ -11,13 +11,7 @@ from tamer.nn.gpt import GPT, GPTConfig, generate, sample_next, top_k_filter, to
 SMALL = dict(vocab_size=64, block_size=32, n_layer=2, n_head=4, n_embd=64)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: per-operation overhead dominates, and on a shared 2-core machine a second thread only spins."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_pair(n_unmasked: int = 0) -> tuple[GPT, mingpt.GPT]:

@@ -22,13 +22,7 @@ COORD = {"kind": "coord", "key": "coord", "coord_levels": 7, "coord_factor": 2} 
 GREEDY = SamplingSettings(top_k=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: per-operation overhead dominates, and on a shared 2-core machine a second thread only spins."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(conditioning: dict, n_unmasked: int = 0, token_order: str = "raster", **gpt) -> Transformer:

@@ -51,6 +51,17 @@ def find_project_yaml(ckpt: Path) -> Path | None:
     return None
 
 
+def check_params(params: dict, known, required, where: str, what: str = "") -> None:
+    """Every key of a yaml ``params`` block is one tamer imports, and the required ones are there."""
+    for key in params:
+        if key not in known:
+            raise ConfigError(f"{where}.params.{key}: not a {what + ' ' if what else ''}parameter tamer knows how "
+                              "to import")
+    for key in required:
+        if key not in params:
+            raise ConfigError(f"{where}.params.{key}: missing")
+
+
 def vqgan_config_from_taming(model: dict, state: dict[str, torch.Tensor] | None = None,
                              prefix: str = "", where: str = "model") -> VQGANConfig:
     """Translate a ``{target, params}`` block of an original config into a :class:`VQGANConfig`.
@@ -64,12 +75,7 @@ def vqgan_config_from_taming(model: dict, state: dict[str, torch.Tensor] | None 
     kind = VQ_TARGETS[target]
     known = {"ddconfig", "n_embed", "embed_dim", "colorize_nlabels", "n_labels", "remap", "unknown_index",
              "kl_weight"} | TRAINING_ONLY
-    for key in params:
-        if key not in known:
-            raise ConfigError(f"{where}.params.{key}: not a parameter tamer knows how to import")
-    for key in ("ddconfig", "n_embed", "embed_dim"):
-        if key not in params:
-            raise ConfigError(f"{where}.params.{key}: missing")
+    check_params(params, known, ("ddconfig", "n_embed", "embed_dim"), where)
 
     ddconfig = {k: v for k, v in params["ddconfig"].items() if k not in DDCONFIG_IGNORED}
     autoencoder = from_dict(AutoencoderConfig, ddconfig, where=f"{where}.params.ddconfig")

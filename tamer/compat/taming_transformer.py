@@ -25,7 +25,7 @@ from ..nn.gpt import GPTConfig
 from ..token_order import order_indices
 from ..transformer import Transformer, TransformerConfig
 from ..vqgan import VQGANConfig
-from .taming import VQ_TARGETS, submodule_state, vqgan_config_from_taming
+from .taming import VQ_TARGETS, check_params, submodule_state, vqgan_config_from_taming
 
 NET2NET_TARGET = "taming.models.cond_transformer.Net2NetTransformer"
 GPT_TARGET = "taming.modules.transformer.mingpt.GPT"
@@ -65,12 +65,8 @@ def transformer_config_from_taming(model: dict, state: dict[str, torch.Tensor],
                                    where: str = "model") -> TransformerConfig:
     """Translate a Net2NetTransformer ``{target, params}`` block; ``state`` supplies what the yaml names by file."""
     params = dict(model.get("params") or {})
-    for key in params:
-        if key not in KNOWN_PARAMS:
-            raise ConfigError(f"{where}.params.{key}: not a Net2NetTransformer parameter tamer knows how to import")
-    for key in ("transformer_config", "first_stage_config", "cond_stage_config"):
-        if key not in params:
-            raise ConfigError(f"{where}.params.{key}: missing")
+    check_params(params, KNOWN_PARAMS, ("transformer_config", "first_stage_config", "cond_stage_config"), where,
+                 "Net2NetTransformer")
     gpt = gpt_config_from_taming(params["transformer_config"], f"{where}.params.transformer_config")
     first_stage = vqgan_config_from_taming(params["first_stage_config"], state, prefix="first_stage_model.",
                                            where=f"{where}.params.first_stage_config")
