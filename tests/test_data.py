@@ -361,3 +361,23 @@ def test_scenes_without_distractors_hold_only_their_class():
     assert all(torch.equal(default[i]["image"], explicit[i]["image"]) for i in range(4))
     with pytest.raises(ValueError, match="max_distractors"):
         ProceduralShapes(32, 4, max_distractors=-1)
+
+
+def test_plain_scenes_are_the_textured_scenes_without_texture():
+    from tamer.data.procedural import ProceduralShapes
+
+    textured, plain = ProceduralShapes(32, 6, max_distractors=0), ProceduralShapes(32, 6, max_distractors=0, plain=True)
+    textured_steps = []
+    for i in range(6):
+        a, b = textured[i], plain[i]
+        # the same random draws: same label, same geometry
+        assert a["label"] == b["label"] and torch.equal(a["segmentation"], b["segmentation"])
+        assert torch.equal(a["depth"], b["depth"])
+        # solid paint: within one shape, colour changes only with the depth shading, which is smooth (unlike
+        # stripes or checkers); the background is a smooth gradient
+        image, inside = b["image"], b["edges"][0, :, :-1] < 0  # the pixel and its right neighbour: one object
+        step = (image[:, :, 1:] - image[:, :, :-1]).abs().amax(0)
+        assert step[inside].max() < 0.1, i
+        textured_steps.append((a["image"][:, :, 1:] - a["image"][:, :, :-1]).abs().amax(0)[inside].max())
+    assert max(textured_steps) > 0.3  # the same check fails on textured scenes: stripes and checkers
+    assert build_dataset({"kind": "procedural", "size": 32, "length": 2, "plain": True}).plain

@@ -43,6 +43,7 @@ class DataConfig:
     num_classes: int = len(SHAPES)
     seed: int = 0
     max_distractors: int = 4  # procedural: shapes of other kinds per scene (0: only the labelled kind)
+    plain: bool = False  # procedural: solid shapes over smooth gradients instead of textures
 
     def __post_init__(self):
         if self.size < 1:
@@ -70,7 +71,7 @@ def build_dataset(config: DataConfig | dict) -> Dataset:
         reshape = config.crop not in (None, config.size) or config.flip
         transform = ImageTransform(None, config.crop, config.random_crop, config.flip) if reshape else None
         return ProceduralShapes(config.size, config.length, config.num_classes, config.seed, transform,
-                                config.max_distractors)
+                                config.max_distractors, config.plain)
     transform = ImageTransform(config.size, config.crop, config.random_crop, config.flip)
     path = Path(config.path)
     if config.kind == "folder":

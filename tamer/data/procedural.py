@@ -197,9 +197,12 @@ def _dominant(segmentation: np.ndarray, label: int) -> bool:
     return counts[label] > np.delete(counts, label).max()
 
 
-def render_scene(size: int, label: int, rng: np.random.Generator, max_distractors: int = 4) -> Scene:
+def render_scene(size: int, label: int, rng: np.random.Generator, max_distractors: int = 4,
+                 plain: bool = False) -> Scene:
     """Draw a scene whose dominant shape kind is ``SHAPES[label]``, all randomness from ``rng``: one or two shapes
-    of that kind and 1 to ``max_distractors`` of other kinds (none when it is 0)."""
+    of that kind and 1 to ``max_distractors`` of other kinds (none when it is 0). ``plain`` paints the same scene
+    without fine texture: solid shapes over a smooth gradient (the random draws are the same, so the geometry and
+    colours match the textured scene)."""
     background = _random_texture(rng, [1, 2, 3, 4], muted=True)
     horizon = (float(rng.uniform(-1.0, -0.9)), float(rng.uniform(-0.7, -0.5)))  # far at the top, nearer below
     others = [k for k in range(len(SHAPES)) if k != label]
@@ -208,6 +211,10 @@ def render_scene(size: int, label: int, rng: np.random.Generator, max_distractor
     shapes += [_random_shape(rng, int(rng.choice(others)), main=False) for _ in range(n_distractors)]
     for shape in shapes:
         shape.order = shape.depth
+    if plain:
+        background.kind = TEXTURES.index("gradient")
+        for shape in shapes:
+            shape.texture.kind = TEXTURES.index("solid")
     brought_forward = False
     while True:
         image, segmentation, instance, depth = _render(size, background, horizon, shapes)
@@ -239,10 +246,13 @@ class ProceduralShapes(Dataset):
     ``"depth"`` (1×H×W in [-1, 1], +1 nearest), ``"edges"`` (1×H×W, exactly -1 or +1: +1 on object boundaries,
     the [-1, 1] image convention so a conditioning VQGAN reads it like any image). ``transform`` (an
     ``ImageTransform``) crops and flips all maps together; the label describes the whole drawn scene.
+    ``max_distractors`` bounds the shapes of other kinds per scene; ``plain`` drops the fine textures (solid
+    shapes over smooth gradients), which a tokenizer trained for minutes on a CPU can reproduce.
     """
 
     def __init__(self, size: int = 64, length: int = 10_000, num_classes: int = len(SHAPES), seed: int = 0,
-                 transform: Callable[[Sample], Sample] | None = None, max_distractors: int = 4):
+                 transform: Callable[[Sample], Sample] | None = None, max_distractors: int = 4,
+                 plain: bool = False):
         if size < 16:  # below that a shape can fall between pixel centres and the label would lie
             raise ValueError(f"size: expected at least 16 pixels, got {size}")
         if length < 1:
@@ -253,7 +263,7 @@ class ProceduralShapes(Dataset):
             raise ValueError(f"seed: expected a non-negative integer, got {seed}")
         if max_distractors < 0:
             raise ValueError(f"max_distractors: expected 0 or more, got {max_distractors}")
-        self.max_distractors = max_distractors
+        self.max_distractors, self.plain = max_distractors, plain
         self.size, self.length, self.num_classes, self.seed, self.transform = size, length, num_classes, seed, transform
         self.classes = list(SHAPES[:num_classes])
         self.num_segmentation_labels = NUM_SEGMENTATION_LABELS
@@ -267,7 +277,8 @@ class ProceduralShapes(Dataset):
             raise IndexError(f"index {index} out of range for a dataset of {self.length}")
         index %= self.length
         rng = np.random.default_rng([self.seed, index])
-        return render_scene(self.size, int(rng.integers(self.num_classes)), rng, self.max_distractors)
+        return render_scene(self.size, int(rng.integers(self.num_classes)), rng, self.max_distractors,
+                            self.plain)
 
     def __getitem__(self, index: int) -> Sample:
         scene = self.scene(index)
