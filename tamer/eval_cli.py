@@ -4,6 +4,7 @@
 - ``tamer eval nll --model M --data DIR|procedural|data.yaml``: held-out NLL/token, bits/token, bits/dim.
 - ``tamer eval samples --samples DIR --ref DIR|stats.npz``: FID, KID, IS, precision/recall.
 - ``tamer eval reference --images DIR --out stats.npz``: reference statistics, computed once and reused.
+- ``tamer eval classes --model M``: class accuracy of a class-conditional model's samples on the built-in shapes.
 
 Results are printed as a table and, with ``--out``, saved as JSON with their protocol.
 """
@@ -85,6 +86,25 @@ def add_eval_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
     sub.add_argument("--no-features", action="store_true",
                      help="store only mu and sigma (smaller; KID and precision/recall then need the folder)")
     _common_options(sub, batch_size=50, out_help="output .npz", out_required=True)
+
+    sub = kinds.add_parser("classes", help="Class accuracy of a class-conditional model's samples (built-in shapes).",
+                           description="Train a small shape classifier on real built-in scenes, then let it name the "
+                                       "class of samples of every class, at each guidance scale. Also reports its "
+                                       "accuracy on real held-out scenes and on their reconstructions through the "
+                                       "model's VQGAN (the most a transformer over those codes can reach).")
+    sub.set_defaults(run=run_classes)
+    sub.add_argument("--model", required=True, help="a class-conditional tamer Transformer trained on procedural data")
+    sub.add_argument("--plain", action="store_true", help="the model was trained on plain scenes (data.plain)")
+    sub.add_argument("--max-distractors", type=int, default=4,
+                     help="data.max_distractors of the model's training data (default 4, the dataset's)")
+    sub.add_argument("-n", "--samples-per-class", type=int, default=20, help="default 20")
+    sub.add_argument("--cfg-scale", type=float, nargs="+", default=[1.0], help="guidance scales (default 1)")
+    sub.add_argument("--top-k", type=int, default=40, help="default 40")
+    sub.add_argument("--judge-steps", type=int, default=800, help="classifier training steps (default 800)")
+    sub.add_argument("--judge-images", type=int, default=8000, help="real scenes it trains on (default 8000)")
+    sub.add_argument("--limit", type=int, default=512, help="held-out scenes for its own accuracy (default 512)")
+    sub.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    sub.add_argument("--out", type=Path, help="save results as JSON here")
     return evaluate
 
 
@@ -216,4 +236,37 @@ def run_reference(args) -> int:
     reference.save(args.out)
     print(f"wrote reference statistics of {reference.num_images} images ({reference.stats.mu.shape[0]}-d features) "
           f"to {args.out}")
+    return 0
+
+
+def run_classes(args) -> int:
+    import json
+
+    from .api import load_model
+    from .data.procedural import ProceduralShapes
+    from .metrics.shape_classifier import judge_class_samples, train_shape_classifier
+
+    model = load_model(args.model, device=args.device)
+    conditioning = getattr(getattr(model, "config", None), "conditioning", None)
+    if conditioning is None or conditioning.kind != "class":
+        raise ValueError(f"{args.model}: `tamer eval classes` needs a class-conditional Transformer")
+    height, width = model.config.image_size
+    if height != width:
+        raise ValueError(f"{args.model}: trained on {height}×{width} images; the built-in scenes are square")
+    scene = {"num_classes": conditioning.num_classes, "max_distractors": args.max_distractors, "plain": args.plain}
+    classifier = train_shape_classifier(size=height, steps=args.judge_steps, train_images=args.judge_images,
+                                        seed=1, **scene)
+    held_out = ProceduralShapes(size=height, length=args.limit, seed=PROCEDURAL_EVAL_SEED, **scene)
+    judged = judge_class_samples(model, classifier, held_out, args.samples_per_class, tuple(args.cfg_scale),
+                                 args.top_k)
+    m = judged.metrics
+    for scale, accuracy in m["accuracy"].items():
+        print(f"samples, guidance {scale}: {accuracy:.1%} named correctly")
+    print(f"chance {m['chance']:.1%}; the classifier on real held-out scenes {m['classifier_on_real_held_out']:.1%}, "
+          f"on their reconstructions {m['classifier_on_reconstructions']:.1%}")
+    if args.out is not None:
+        protocol = {"model": str(args.model), "scene": scene, "judge_steps": args.judge_steps,
+                    "judge_images": args.judge_images, "judge_blur": 1.5, "held_out_seed": PROCEDURAL_EVAL_SEED}
+        args.out.write_text(json.dumps({"metrics": m, "protocol": protocol}, indent=2) + "\n")
+        print(f"wrote {args.out}")
     return 0
