@@ -111,7 +111,10 @@ def run_demo(out: str | Path = "demo-output", quick: bool = False, device: str =
                                  _common(plan, dev, plan.seg_vqgan_steps))
     watch.lap("VQGAN (segmentation maps)", t)
     t = time.perf_counter()
-    gpt = [f"train.batch_size={plan.transformer_batch}", f"model.gpt.n_embd={plan.transformer_width}"]
+    # No dropout: a few thousand steps see each scene a handful of times, and dropout only slowed learning (held-out
+    # NLL 2.73 without vs 2.86 with 0.1 after 2400 steps of the class model).
+    gpt = [f"train.batch_size={plan.transformer_batch}", f"model.gpt.n_embd={plan.transformer_width}",
+           *(f"model.gpt.{name}=0" for name in ("embd_pdrop", "resid_pdrop", "attn_pdrop"))]
     class_dir = _train_stage("transformer", "transformer_tiny_class", runs / "class",
                              _common(plan, dev, plan.class_steps) + gpt + [f"first_stage={vqgan_dir}"])
     watch.lap("transformer (class-conditional)", t)
