@@ -47,7 +47,8 @@ class DemoPlan:
 
 
 QUICK = DemoPlan(vqgan_steps=40, seg_vqgan_steps=20, class_steps=40, seg_steps=30, classifier_steps=60,
-                 classifier_images=1000, samples_per_class=4, seg_examples=3, eval_images=32, data_length=1000, val_images=32)
+                 classifier_images=1000, samples_per_class=4, seg_examples=3, eval_images=32, data_length=1000,
+                 val_images=32)
 #: scenes hold only shapes of their class (no distractors) and no fine texture, which a VQGAN trained for minutes on
 #: two cores blurs away: what is left at 32×32 through 8×8 codes is the shape, its colours and the gradient behind it
 SCENE = {"max_distractors": 0, "plain": True}
