@@ -2,7 +2,8 @@
 
 Trained on real ``ProceduralShapes`` images in a minute or two on a CPU (over 90% right on held-out scenes), it
 answers "does a sample of class k look like class k?" (class accuracy of samples, far above chance when
-conditioning works), and its penultimate layer is a stand-in feature network (``FD_shapes``) where no Inception weights exist. Saved like any tamer model.
+conditioning works), and its penultimate layer is a stand-in feature network (``FD_shapes``) where no Inception
+weights exist. Saved like any tamer model.
 """
 
 from __future__ import annotations
@@ -54,9 +55,9 @@ class ShapeClassifier(nn.Module, Pretrained):
 def train_shape_classifier(size: int = 32, num_classes: int = 10, steps: int = 1000, batch_size: int = 64,
                            seed: int = 0, lr: float = 2e-3, max_distractors: int = 4, plain: bool = False,
                            train_images: int = 10_000, blur: float = 1.5, progress: bool = True) -> ShapeClassifier:
-    """Train on ``train_images`` real ``ProceduralShapes(size, seed=seed, max_distractors=..., plain=...)`` scenes, rendered
-    once and shown with random mirror flips and, with ``blur > 0``, a random Gaussian blur of sigma up to ``blur``
-    pixels. The blur makes the judge name the shape rather than its texture: a small tokenizer drops fine texture
+    """Train on ``train_images`` real ``ProceduralShapes(size, seed=seed, max_distractors=..., plain=...)`` scenes,
+    rendered once and shown with random mirror flips and, with ``blur > 0``, a random Gaussian blur of sigma up to
+    ``blur`` pixels. The blur makes the judge name the shape rather than its texture: a small tokenizer drops fine texture
     (its reconstructions are blurred), and a judge that needs the texture would call even a perfect transformer's
     samples wrong. It never sees a reconstruction or a sample."""
     from torchvision.transforms.v2.functional import gaussian_blur
