@@ -244,7 +244,7 @@ def run_classes(args) -> int:
 
     from .api import load_model
     from .data.procedural import ProceduralShapes
-    from .metrics.shape_classifier import judge_class_samples, train_shape_classifier
+    from .metrics.shape_classifier import JUDGE_BLUR, judge_class_samples, train_shape_classifier
 
     model = load_model(args.model, device=args.device)
     conditioning = getattr(getattr(model, "config", None), "conditioning", None)
@@ -266,7 +266,7 @@ def run_classes(args) -> int:
           f"on their reconstructions {m['classifier_on_reconstructions']:.1%}")
     if args.out is not None:
         protocol = {"model": str(args.model), "scene": scene, "judge_steps": args.judge_steps,
-                    "judge_images": args.judge_images, "judge_blur": 1.5, "held_out_seed": PROCEDURAL_EVAL_SEED}
+                    "judge_images": args.judge_images, "judge_blur": JUDGE_BLUR, "held_out_seed": PROCEDURAL_EVAL_SEED}
         args.out.write_text(json.dumps({"metrics": m, "protocol": protocol}, indent=2) + "\n")
         print(f"wrote {args.out}")
     return 0

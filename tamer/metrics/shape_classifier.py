@@ -13,9 +13,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
 from ..checkpoints import Pretrained
+
+
+#: the largest blur sigma (pixels) the judge is trained with
+JUDGE_BLUR = 1.5
 
 
 @dataclass
@@ -54,7 +59,8 @@ class ShapeClassifier(nn.Module, Pretrained):
 
 def train_shape_classifier(size: int = 32, num_classes: int = 10, steps: int = 1000, batch_size: int = 64,
                            seed: int = 0, lr: float = 2e-3, max_distractors: int = 4, plain: bool = False,
-                           train_images: int = 10_000, blur: float = 1.5, progress: bool = True) -> ShapeClassifier:
+                           train_images: int = 10_000, blur: float = JUDGE_BLUR,
+                           progress: bool = True) -> ShapeClassifier:
     """Train on ``train_images`` real ``ProceduralShapes(size, seed=seed, max_distractors=..., plain=...)`` scenes,
     rendered once and shown with random mirror flips and, with ``blur > 0``, a random Gaussian blur of sigma up to
     ``blur`` pixels. The blur makes the judge name the shape rather than its texture: a small tokenizer drops fine texture
@@ -122,8 +128,8 @@ def judge_class_samples(model, classifier: ShapeClassifier, held_out, samples_pe
         settings = SamplingSettings(top_k=top_k, cfg_scale=scale)
         samples[scale] = torch.cat([model.sample(torch.full((n,), c), n, settings, seed=seed + c * n).float().cpu()
                                     for c in range(classes)])
-    real = torch.stack([held_out[i]["image"] for i in range(len(held_out))])
-    real_labels = torch.stack([held_out[i]["label"] for i in range(len(held_out))])
+    batch = default_collate([held_out[i] for i in range(len(held_out))])  # each scene rendered once
+    real, real_labels = batch["image"], batch["label"]
     reconstructions = torch.cat([model.decode_codes(model.encode_images(real[i:i + 64])).float().cpu()
                                  for i in range(0, len(real), 64)])
     metrics = {"samples_per_class": n, "top_k": top_k, "chance": 1 / classes,
