@@ -149,22 +149,21 @@ def encode_dataset(dataset: Dataset, encode_images: Encoder, *, image_key: str =
     def add(key: str, value: torch.Tensor) -> None:
         parts.setdefault(key, []).append(value.cpu())
 
+    def add_encoded(key: str, flipped_key: str, encode: Encoder, x: torch.Tensor, key_dtype: torch.dtype) -> None:
+        add(key, encode(x).to(key_dtype))
+        if flip:
+            add(flipped_key, encode(x.flip(-1)).to(key_dtype))
+
     consumed = {image_key} | ({cond_key} if encode_condition is not None else set())
     total = math.ceil(len(dataset) / batch_size)
     for batch in tqdm(loader, total=total, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
         if image_key not in batch:
             raise KeyError(f"image_key: the data items have no {image_key!r} (keys: {sorted(batch)})")
-        images = batch[image_key].to(device)
-        add(CODES_KEY, encode_images(images).to(dtype))
-        if flip:
-            add(FLIPPED_KEY, encode_images(images.flip(-1)).to(dtype))
+        add_encoded(CODES_KEY, FLIPPED_KEY, encode_images, batch[image_key].to(device), dtype)
         if encode_condition is not None:
             if cond_key not in batch:
                 raise KeyError(f"conditioning.key: the data items have no {cond_key!r} (keys: {sorted(batch)})")
-            condition = batch[cond_key].to(device)
-            add(COND_KEY, encode_condition(condition).to(cond_dtype))
-            if flip:
-                add(COND_FLIPPED_KEY, encode_condition(condition.flip(-1)).to(cond_dtype))
+            add_encoded(COND_KEY, COND_FLIPPED_KEY, encode_condition, batch[cond_key].to(device), cond_dtype)
         for key, value in batch.items():
             if key not in consumed and isinstance(value, torch.Tensor) and value.dim() == 1:
                 add(key, value)  # one number per item: a class label
