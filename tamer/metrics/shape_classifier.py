@@ -63,9 +63,9 @@ def train_shape_classifier(size: int = 32, num_classes: int = 10, steps: int = 1
                            progress: bool = True) -> ShapeClassifier:
     """Train on ``train_images`` real ``ProceduralShapes(size, seed=seed, max_distractors=..., plain=...)`` scenes,
     rendered once and shown with random mirror flips and, with ``blur > 0``, a random Gaussian blur of sigma up to
-    ``blur`` pixels. The blur makes the judge name the shape rather than its texture: a small tokenizer drops fine texture
-    (its reconstructions are blurred), and a judge that needs the texture would call even a perfect transformer's
-    samples wrong. It never sees a reconstruction or a sample."""
+    ``blur`` pixels. The blur makes the judge name the shape rather than its texture: a small tokenizer drops fine
+    texture (its reconstructions are blurred), and a judge that needs the texture would call even a perfect
+    transformer's samples wrong. It never sees a reconstruction or a sample."""
     from torchvision.transforms.v2.functional import gaussian_blur
 
     from ..data.procedural import ProceduralShapes
