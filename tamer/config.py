@@ -119,11 +119,22 @@ def parse_overrides(pairs: list[str]) -> dict:
         if "=" not in pair:
             raise ConfigError(f"override {pair!r}: expected key=value")
         key, raw = pair.split("=", 1)
+        key = key.strip()
+        parts = key.split(".")
+        if not all(parts):
+            raise ConfigError(f"override {pair!r}: the key {key!r} has an empty part; expected e.g. train.steps=100")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{key}: the value {raw!r} is not valid YAML ({error.problem or error})") from None
         node = tree
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1], start=1):
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: {'.'.join(parts[:depth])} was already set to a value by another override")
+        if isinstance(node.get(parts[-1]), dict):
+            raise ConfigError(f"{key}: another override already sets keys inside it")
+        node[parts[-1]] = value
     return tree
 
 
