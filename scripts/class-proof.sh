@@ -4,6 +4,7 @@
 # About an hour on 2 CPU cores (VQGAN ~17 min, transformer ~35 min, judge and sampling ~3 min); minutes on a GPU.
 # A stage whose model exists is reused, and an interrupted stage resumes from its last checkpoint.
 # Usage: scripts/class-proof.sh [RUNS_DIR]   (default runs/class-proof; results in RUNS_DIR/classes.json)
+# VQGAN_STEPS, GPT_STEPS and JUDGE_STEPS shorten it for a quick look (defaults 2400, 12000, 800).
 set -euo pipefail
 runs="${1:-runs/class-proof}"
 tamer="${TAMER:-.venv/bin/tamer}"
@@ -11,13 +12,13 @@ scene=(data.max_distractors=0 data.plain=true val_data.max_distractors=0 val_dat
 
 if [[ ! -f "$runs/vqgan/model/config.json" ]]; then
   "$tamer" train vqgan --config vqgan_tiny_cpu --out "$runs/vqgan" --resume \
-    train.steps=2400 loss.disc_start=100000 data.length=20000 "${scene[@]}"
+    train.steps="${VQGAN_STEPS:-2400}" loss.disc_start=100000 data.length=20000 "${scene[@]}"
 fi
 if [[ ! -f "$runs/class/model/config.json" ]]; then
   "$tamer" train transformer --config transformer_tiny_class --out "$runs/class" --resume \
-    first_stage="$runs/vqgan/model" train.steps=12000 train.batch_size=32 data.length=40000 \
+    first_stage="$runs/vqgan/model" train.steps="${GPT_STEPS:-12000}" train.batch_size=32 data.length=40000 \
     model.gpt.n_embd=128 model.gpt.embd_pdrop=0 model.gpt.resid_pdrop=0 model.gpt.attn_pdrop=0 \
     train.val_every=2000 train.checkpoint_every=2000 train.image_every=4000 "${scene[@]}"
 fi
 "$tamer" eval classes --model "$runs/class/model" --plain --max-distractors 0 --cfg-scale 1 3 5 8 -n 20 \
-  --out "$runs/classes.json"
+  --judge-steps "${JUDGE_STEPS:-800}" --out "$runs/classes.json"
