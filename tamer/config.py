@@ -132,8 +132,6 @@ def parse_overrides(pairs: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{key}: {'.'.join(parts[:depth])} was already set to a value by another override")
-        if isinstance(node.get(parts[-1]), dict):
-            raise ConfigError(f"{key}: another override already sets keys inside it")
         node[parts[-1]] = value
     return tree
 
