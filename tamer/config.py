@@ -126,7 +126,8 @@ def parse_overrides(pairs: list[str]) -> dict:
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as error:
-            raise ConfigError(f"{key}: the value {raw!r} is not valid YAML ({error.problem or error})") from None
+            reason = getattr(error, "problem", None) or error  # a marked error's problem is the readable part
+            raise ConfigError(f"{key}: the value {raw!r} is not valid YAML ({reason})") from None
         node = tree
         for depth, part in enumerate(parts[:-1], start=1):
             node = node.setdefault(part, {})
