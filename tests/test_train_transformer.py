@@ -19,6 +19,7 @@ from tamer.data import ProceduralShapes
 from tamer.data.codes import read_fingerprint
 from tamer.nn.autoencoder import AutoencoderConfig
 from tamer.nn.quantize import QuantizerConfig
+from tamer.train.trainer import Trainer
 from tamer.train.transformer_run import build_transformer, load_run_config, train_transformer
 from tamer.train.transformer_task import TransformerTask, decay_groups, sequence_loss
 
@@ -94,7 +95,7 @@ def test_micro_transformer_learns(stages, tmp_path):
     assert resolved["code_shape"] == [8, 8] and resolved["gpt"]["block_size"] == 64
 
 
-def test_frozen_stage_and_optimizer_groups(stages):
+def test_frozen_stage_and_optimizer_groups(stages, tmp_path):
     config = load_run_config(PRESET, micro(stages, "model.conditioning.classifier_free=false", "cond_dropout=0",
                                            "pkeep=0.5"))
     model = build_transformer(config, ProceduralShapes(16, 8))
@@ -103,7 +104,7 @@ def test_frozen_stage_and_optimizer_groups(stages):
     assert model.transformer.training and not model.first_stage_model.training
     assert not any(p.requires_grad for p in model.first_stage_model.parameters())
 
-    optimizer = task.optimizer(config.train)
+    optimizer = Trainer(task, config.train, ProceduralShapes(16, 8), tmp_path).optimizers["gpt"]
     assert optimizer.defaults["betas"] == (0.9, 0.95)
     decay, no_decay = optimizer.param_groups
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0

@@ -39,7 +39,8 @@ class Task(Protocol):
 
     def modules(self) -> dict[str, nn.Module]: ...
 
-    def optimizer_modules(self) -> dict[str, list[str]]: ...
+    # optimizer name -> its parameters, or AdamW parameter groups (which may set their own weight decay)
+    def parameter_groups(self, weight_decay: float) -> dict[str, list]: ...
 
     def step(self, modules: dict[str, nn.Module], batch: Any, step: int) -> Iterator[tuple[str, torch.Tensor, dict]]: ...
 
@@ -86,10 +87,9 @@ class Trainer:
 
         self.raw = {name: module.to(self.device) for name, module in task.modules().items()}
         self.wrapped = {name: self._wrap(module) for name, module in self.raw.items()}
-        self.optimizers = {name: torch.optim.AdamW(
-            [p for m in names for p in self.raw[m].parameters() if p.requires_grad],
-            lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
-            for name, names in task.optimizer_modules().items()}
+        self.optimizers = {name: torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas),
+                                                   weight_decay=config.weight_decay)
+                           for name, groups in task.parameter_groups(config.weight_decay).items()}
         self.lr_factor = learning_rate_factor(config)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         model = self.raw[task.model_name]

@@ -276,7 +276,6 @@ def train_transformer(config: TransformerRunConfig, run_dir: str | Path, resume:
                     "gpt_parameters": sum(p.numel() for p in model.transformer.parameters())}
         trainer = Trainer(task, config.train, train_data, run_dir, val_data=val_data,
                           run_config={**to_dict(config), "resolved": resolved}, context=context)
-        trainer.optimizers = {"gpt": task.optimizer(config.train)}  # the original's decay groups
         if context.is_main:
             h, w = model.config.code_shape
             print(f"transformer: {resolved['gpt_parameters'] / 1e6:.2f}M GPT parameters, {h}×{w} codes of "

@@ -24,7 +24,6 @@ from torchvision.utils import make_grid
 from ..data.codes import CODES_KEY, COND_KEY
 from ..sampling import SamplingSettings, sample_tokens, seed_rows
 from ..transformer import Transformer
-from .config import TrainConfig
 
 LN2 = math.log(2.0)
 #: at most this many samples in a preview grid (class-conditional: the first classes, one sample each)
@@ -85,13 +84,9 @@ class TransformerTask:
     def modules(self) -> dict[str, nn.Module]:
         return {"gpt": self.model.transformer}
 
-    def optimizer_modules(self) -> dict[str, list[str]]:
-        return {"gpt": ["gpt"]}
-
-    def optimizer(self, config: TrainConfig) -> torch.optim.Optimizer:
-        """AdamW over :func:`decay_groups` (Linear weights decayed by ``config.weight_decay``, the rest not)."""
-        return torch.optim.AdamW(decay_groups(self.model.transformer, config.weight_decay), lr=config.lr,
-                                 betas=tuple(config.betas))
+    def parameter_groups(self, weight_decay: float) -> dict[str, list]:
+        """The original minGPT's :func:`decay_groups`: Linear weights decay, the rest does not."""
+        return {"gpt": decay_groups(self.model.transformer, weight_decay)}
 
     def step(self, modules: dict[str, nn.Module], batch: Any, step: int) -> Iterator[tuple[str, torch.Tensor, dict]]:
         codes, cond = self.tokens(batch)

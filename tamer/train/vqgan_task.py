@@ -43,8 +43,9 @@ class VQGANTask:
     def modules(self) -> dict[str, nn.Module]:
         return {"vqgan": self.model, "discriminator": self.loss.discriminator}
 
-    def optimizer_modules(self) -> dict[str, list[str]]:
-        return {"generator": ["vqgan"], "discriminator": ["discriminator"]}
+    def parameter_groups(self, weight_decay: float) -> dict[str, list]:
+        return {name: [p for p in module.parameters() if p.requires_grad] for name, module in
+                (("generator", self.model), ("discriminator", self.loss.discriminator))}
 
     def _images(self, batch: Any) -> torch.Tensor:
         if self.image_key not in batch:
