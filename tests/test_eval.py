@@ -284,6 +284,22 @@ def test_recon_command_end_to_end_agrees_with_the_image_metrics(model_dir, incep
     assert "uint8" in result["protocol"]["rfid"]
 
 
+def test_validation_during_training_reports_what_eval_recon_reports(model_dir):
+    from tamer.losses import VQGANLoss, VQGANLossConfig
+    from tamer.train.vqgan_task import VQGANTask
+
+    model = VQGAN.from_pretrained(model_dir).eval()
+    dataset = ProceduralShapes(size=SIZE, length=6, seed=5)
+    loss = VQGANLoss(VQGANLossConfig(perceptual_weight=1.0), perceptual=MeanAbsoluteDistance())
+    batches = [{"image": torch.stack([dataset[i]["image"] for i in range(start, start + 3)])} for start in (0, 3)]
+    with torch.no_grad():
+        validation = VQGANTask(model, loss).validate(model, iter(batches))
+    evaluation = evaluate_reconstructions(model, dataset, batch_size=2, fid=False, lpips=MeanAbsoluteDistance())
+    assert set(validation) == set(evaluation.metrics)
+    for name, value in evaluation.metrics.items():
+        assert validation[name] == pytest.approx(value, rel=1e-5), name
+
+
 def test_recon_without_weights_computes_the_rest_and_says_what_is_missing(model_dir, empty_hub):
     model = VQGAN.from_pretrained(model_dir)
     dataset = ProceduralShapes(size=SIZE, length=3, seed=5)

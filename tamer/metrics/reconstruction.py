@@ -14,16 +14,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from .codebook import codebook_statistics, count_codes
 from .distribution import distribution_metrics, network_protocol, resolve_feature_network
 from .features import FeatureNetwork, to_uint8
-from .image import psnr, ssim
 from .reference import ReferenceStatistics
 from .results import EvalResult, library_versions
-
-#: the smallest side SSIM's 11×11 Gaussian window fits in
-SSIM_MIN_SIDE = 11
-
+from .tally import SSIM_MIN_SIDE, ReconstructionTally
 
 def _lpips(vgg_path: str | Path | None, channels: int, notes: list[str]):
     """LPIPS when it can be built (a named file must exist), else ``None`` with a note saying why."""
@@ -88,42 +83,30 @@ def evaluate_reconstructions(model: torch.nn.Module, dataset: Dataset, *, limit:
     real_features: list[torch.Tensor] = []
     fake_features: list[torch.Tensor] = []
 
-    sums = {"psnr": 0.0, "ssim": 0.0, "lpips": 0.0, "l1": 0.0}
-    counts = torch.zeros(model.vocab_size)
-    ssim_ok = True
+    tally = ReconstructionTally(model.vocab_size, perceptual)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     with tqdm(total=total, desc="reconstruct", unit="img", dynamic_ncols=True) as bar:
         for batch in loader:
             images = batch[image_key].to(device).float()
             out = model(images)
             reconstruction = out.reconstruction.float().clamp(-1, 1)
-            sums["psnr"] += psnr(reconstruction, images).sum().item()
-            sums["l1"] += (reconstruction - images).abs().flatten(1).mean(1).sum().item()
-            ssim_ok = ssim_ok and channels in (1, 3) and min(images.shape[-2:]) >= SSIM_MIN_SIDE
-            if ssim_ok:
-                sums["ssim"] += ssim(reconstruction, images).sum().item()
-            if perceptual is not None:
-                sums["lpips"] += perceptual(images, reconstruction).sum().item()
-            counts += count_codes(out.indices, model.vocab_size)
+            tally.add(images, reconstruction, out.indices)
             if network is not None:  # one pass over originals and reconstructions together
                 both = network(torch.cat([to_uint8(images), to_uint8(reconstruction)]))["features"].float().cpu()
                 real_features.append(both[:len(images)])
                 fake_features.append(both[len(images):])
             bar.update(images.shape[0])
 
-    if not ssim_ok:
+    if not tally.ssim_ok:
         notes.append(f"SSIM skipped: it needs RGB or gray images of at least {SSIM_MIN_SIDE}×{SSIM_MIN_SIDE} pixels")
-    if perceptual is None:
-        del sums["lpips"]
-    metrics = {name: value / total for name, value in sums.items() if name != "ssim" or ssim_ok}
-    metrics.update(codebook_statistics(counts))
+    metrics = tally.metrics()
 
     protocol: dict = {
         "num_images": total,
         "data": data_protocol or {"dataset": type(dataset).__name__},
         "pixel_metrics": "mean over images; model output clamped to [-1, 1], float32, compared with the input "
                          "on the [0, 1] scale (PSNR data range 1; SSIM Gaussian σ=1.5, as scikit-image)",
-        "codebook": f"counts of all {int(counts.sum())} codes over the whole set; {model.vocab_size} codes",
+        "codebook": f"counts of all {int(tally.counts.sum())} codes over the whole set; {model.vocab_size} codes",
         "model_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "device": str(device),
         "versions": library_versions(),

@@ -12,7 +12,7 @@ from torchvision.utils import make_grid
 
 from ..losses import VQGANLoss
 from ..metrics.codebook import codebook_statistics
-from ..metrics.image import psnr, ssim
+from ..metrics.tally import ReconstructionTally
 from ..vqgan import VQGAN
 from .distributed import all_reduce_sum
 
@@ -82,29 +82,19 @@ class VQGANTask:
 
     @torch.no_grad()
     def validate(self, model: nn.Module, batches: Iterator[Any]) -> dict[str, float]:
-        sums: dict[str, float] = {"psnr": 0.0, "l1": 0.0}
-        lpips = self.loss.perceptual_loss
-        if lpips is not None:
-            sums["lpips"] = 0.0
-        counts = torch.zeros(model.vocab_size)
-        seen = 0
+        tally = ReconstructionTally(model.vocab_size, self.loss.perceptual_loss)
+        label_agreement = None
         for batch in batches:
             images = self._images(batch).float()
             out = model(images)
             reconstruction = out.reconstruction.float().clamp(-1, 1)
-            sums["psnr"] += psnr(reconstruction, images).sum().item()
-            sums["l1"] += (reconstruction - images).abs().flatten(1).mean(1).sum().item()
-            if images.shape[1] in (1, 3) and min(images.shape[-2:]) >= 11:  # SSIM of pictures only
-                sums["ssim"] = sums.get("ssim", 0.0) + ssim(reconstruction, images).sum().item()
-            if lpips is not None:
-                sums["lpips"] += lpips(images, reconstruction).sum().item()
-            counts += torch.bincount(out.indices.flatten().cpu(), minlength=model.vocab_size).float()
+            tally.add(images, reconstruction, out.indices)
             if hasattr(model, "colorize") and images.shape[1] > 3:  # segmentation: how many labels come back
-                agree = reconstruction.argmax(1) == images.argmax(1)
-                sums["label_accuracy"] = sums.get("label_accuracy", 0.0) + agree.flatten(1).float().mean(1).sum().item()
-            seen += images.shape[0]
-        metrics = {k: v / max(seen, 1) for k, v in sums.items()}
-        metrics.update(codebook_statistics(counts))
+                agree = (reconstruction.argmax(1) == images.argmax(1)).flatten(1).float().mean(1).sum().item()
+                label_agreement = (label_agreement or 0.0) + agree
+        metrics = tally.metrics()
+        if label_agreement is not None:
+            metrics["label_accuracy"] = label_agreement / tally.images
         return metrics
 
     @torch.no_grad()
