@@ -162,7 +162,7 @@ def test_two_process_torchrun_matches_one_process(stages, tmp_path):
     common = ["train", "transformer", "--config", str(PRESET), *micro(stages), "train.steps=3", "train.lr=1e-3",
               "data.length=32", "val_data=null", "data.flip=false", "cache_codes=true", "cond_dropout=0",
               "model.conditioning.classifier_free=false", "model.gpt.embd_pdrop=0", "model.gpt.resid_pdrop=0",
-              "model.gpt.attn_pdrop=0"]
+              "model.gpt.attn_pdrop=0", "train.log_every=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for args, out in (([sys.executable, "-m", "tamer.cli"], "one"),
                       ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
@@ -174,6 +174,10 @@ def test_two_process_torchrun_matches_one_process(stages, tmp_path):
     one, two = tamer.load(tmp_path / "one" / "model"), tamer.load(tmp_path / "two" / "model")
     # The same global batch of 4 split over two ranks (rank 1 reads the code cache rank 0 wrote): measured 2e-7.
     assert max((two.state_dict()[k] - v).abs().max().item() for k, v in one.state_dict().items()) < 1e-5
+    # The logged loss is the whole global batch's, averaged over the ranks, not rank 0's half.
+    logged = {out: [json.loads(line)["loss"] for line in (tmp_path / out / "metrics.jsonl").read_text().splitlines()
+                    if '"loss"' in line] for out in ("one", "two")}
+    assert len(logged["one"]) == 3 and logged["two"] == pytest.approx(logged["one"], rel=1e-5)
 
 
 def test_code_cache_is_reused_and_invalidated(stages, tmp_path, monkeypatch, capsys):

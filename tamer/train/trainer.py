@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ..imageio import save_image
 from . import checkpointing as ckpt
 from .config import TrainConfig
-from .distributed import DistributedContext, barrier, setup
+from .distributed import DistributedContext, all_reduce_mean, barrier, setup
 from .sampling import ResumableSampler, SeededItems
 
 
@@ -224,10 +224,12 @@ class Trainer:
 
     def _after_step(self, logs: dict[str, float], batch: Any, started: float) -> None:
         c = self.config
-        if self.ctx.is_main and (self.step % c.log_every == 0 or self.step == c.steps):
-            record = {"step": self.step, "epoch": self.epoch, "lr": self.config.lr * self.lr_factor(self.step - 1),
-                      "elapsed_s": round(time.perf_counter() - started, 3), **logs}
-            self._log(record)
+        if self.step % c.log_every == 0 or self.step == c.steps:
+            logs = self._mean_over_ranks(logs)  # every rank joins; the log shows the whole global batch
+            if self.ctx.is_main:
+                record = {"step": self.step, "epoch": self.epoch, "lr": c.lr * self.lr_factor(self.step - 1),
+                          "elapsed_s": round(time.perf_counter() - started, 3), **logs}
+                self._log(record)
         if self.ctx.is_main and image_steps(self.step, c.image_every):
             with torch.no_grad():
                 model = self.exported_model()
@@ -240,6 +242,12 @@ class Trainer:
             self.validate()
         if self.step % c.checkpoint_every == 0 or self.step == c.steps:
             self.save_checkpoint()
+
+    def _mean_over_ranks(self, logs: dict[str, float]) -> dict[str, float]:
+        if self.ctx.world_size == 1 or not logs:
+            return logs
+        values = all_reduce_mean(torch.tensor(list(logs.values()), dtype=torch.float64, device=self.device))
+        return dict(zip(logs, values.tolist()))
 
     def validate(self) -> dict[str, float]:
         metrics: dict[str, float] = {}
