@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tamer", description="Taming Transformers: VQGAN tokenizer and image GPT.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     from .eval_cli import add_eval_command
-    from .sample_cli import add_sample_command
+    from .sample_cli import add_sample_command, height_by_width
 
     add_eval_command(commands)
     add_sample_command(commands)
@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("convert", "Convert a CompVis taming-transformers checkpoint to a tamer folder.", _convert)
     sub.add_argument("checkpoint", type=Path, help="the original .ckpt")
     sub.add_argument("--config", type=Path, help="its project.yaml (found beside it when omitted)")
+    sub.add_argument("--code-shape", type=height_by_width("codes", "16x16"), metavar="HxW",
+                     help="a transformer's code grid, which project.yaml does not store (default: the square grid "
+                          "that fits block_size, with a warning)")
     sub.add_argument("--out", type=Path, required=True, help="output folder")
 
     train = commands.add_parser("train", help="Train a model from a preset.", description="Train a model from a preset.")
@@ -157,7 +160,7 @@ def _decode(args) -> int:
 def _convert(args) -> int:
     from .checkpoints import load
 
-    model = load(args.checkpoint, config=args.config)
+    model = load(args.checkpoint, config=args.config, code_shape=args.code_shape)
     model.save(args.out)
     print(f"converted {args.checkpoint} -> {args.out} ({type(model).__name__}, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")

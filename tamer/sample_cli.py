@@ -31,16 +31,20 @@ def add_sample_command(commands: argparse._SubParsersAction) -> argparse.Argumen
     return sub
 
 
-def _size(text: str) -> tuple[int, int]:
-    parts = text.lower().replace("×", "x").split("x")
-    try:
-        if len(parts) == 1:
-            return int(parts[0]), int(parts[0])
-        if len(parts) == 2:
-            return int(parts[0]), int(parts[1])
-    except ValueError:
-        pass
-    raise argparse.ArgumentTypeError(f"expected HxW in pixels, e.g. 256x512, got {text!r}")
+def height_by_width(unit: str, example: str):
+    """An argparse type for ``HxW`` (or one number for a square) in ``unit``."""
+    def parse(text: str) -> tuple[int, int]:
+        parts = text.lower().replace("×", "x").split("x")
+        try:
+            if len(parts) in (1, 2) and all(int(p) > 0 for p in parts):
+                return int(parts[0]), int(parts[-1])
+        except ValueError:
+            pass
+        raise argparse.ArgumentTypeError(f"expected HxW in {unit}, e.g. {example}, got {text!r}")
+    return parse
+
+
+_size = height_by_width("pixels", "256x512")
 
 
 def run_sample(args) -> int:

@@ -188,6 +188,13 @@ def test_code_shape_is_inferred_with_a_warning_or_given(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"code_shape: 9×9 codes after 81 condition tokens need block_size >= 161"):
         tamer.load(ckpt, config=yaml_path, code_shape=(9, 9))
 
+    # `tamer convert --code-shape` passes it on, and the converted folder keeps it
+    from tamer.cli import main as cli
+
+    assert cli(["convert", str(ckpt), "--config", str(yaml_path), "--code-shape", "4x8", "--out",
+                str(tmp_path / "converted")]) == 0
+    assert tamer.load(tmp_path / "converted").config.code_shape == (4, 8)
+
     class_yaml, class_doc = fixture("class")
     class_ckpt = write_lightning_ckpt(tmp_path / "c.ckpt", original_net2net(class_doc["model"]).state_dict(),
                                       monkeypatch)
