@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from PIL import Image
 
 from tamer.cli import main as cli
 from tamer.data import ProceduralShapes
@@ -70,6 +71,8 @@ def test_eval_classes_command_writes_its_figures(tmp_path):
                 "--out", str(out)]) == 0
     saved = json.loads(out.read_text())
     assert set(saved["metrics"]["accuracy"]) == {"1"} and saved["protocol"]["scene"]["plain"] is True
+    grid = Image.open(tmp_path / "classes-cfg1.png")  # one row per class, one sample each
+    assert grid.size == (2 + 18, 2 + 18 * 10)  # 16-pixel samples, 2-pixel padding
 
 
 def test_eval_classes_refuses_an_unconditional_model(tmp_path, capsys):
