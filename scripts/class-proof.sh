@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The class-conditional proof on the built-in data, on a CPU: a VQGAN, a class-conditional transformer over its
 # codes, then `tamer eval classes` (a shape classifier trained on real scenes names the class of each sample).
-# About an hour on 2 CPU cores (VQGAN ~17 min, transformer ~35 min, judge and sampling ~3 min); minutes on a GPU.
+# About an hour on 2 CPU cores (VQGAN ~17 min, encoding ~3 min, transformer ~35 min, judge ~2 min); minutes on a GPU.
 # A stage whose model exists is reused, and an interrupted stage resumes from its last checkpoint.
 # Usage: scripts/class-proof.sh [RUNS_DIR]   (default runs/class-proof; results in RUNS_DIR/classes.json)
 # VQGAN_STEPS, GPT_STEPS and JUDGE_STEPS shorten it for a quick look (defaults 2400, 12000, 800).
