@@ -85,8 +85,9 @@ class Transformer(nn.Module, Pretrained):
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Images -> code grid ``B×h×w``."""
-        return self.first_stage_model.encode(images.to(self.first_stage_model.quant_conv.weight.dtype))
+        """Images (on any device) -> code grid ``B×h×w`` on the model's device."""
+        weight = self.first_stage_model.quant_conv.weight
+        return self.first_stage_model.encode(images.to(device=weight.device, dtype=weight.dtype))
 
     @torch.no_grad()
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
