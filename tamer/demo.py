@@ -173,8 +173,7 @@ def _class_samples(model, classifier, plan: DemoPlan, out: Path, held_out) -> di
                                  (1.0, CFG_SCALE) if guided else (1.0,), TOP_K)
     for scale, name in ((1.0, "class-samples.png"), (CFG_SCALE, "class-samples-cfg.png")):
         if scale in judged.samples:
-            save_image(make_grid(judged.samples[scale], nrow=plan.samples_per_class, padding=2, pad_value=1.0),
-                       out / name)
+            save_image(judged.grid(scale), out / name)
     m = judged.metrics
     return {"samples": len(judged.samples[1.0]), "accuracy": m["accuracy"]["1"],
             "accuracy_cfg": m["accuracy"].get(f"{CFG_SCALE:g}"), "cfg_scale": CFG_SCALE, "chance": m["chance"],

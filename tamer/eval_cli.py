@@ -242,8 +242,6 @@ def run_reference(args) -> int:
 def run_classes(args) -> int:
     import json
 
-    from torchvision.utils import make_grid
-
     from .api import load_model
     from .data.procedural import ProceduralShapes
     from .imageio import save_image
@@ -272,8 +270,7 @@ def run_classes(args) -> int:
                     "judge_images": args.judge_images, "judge_blur": JUDGE_BLUR, "held_out_seed": PROCEDURAL_EVAL_SEED}
         args.out.write_text(json.dumps({"metrics": m, "protocol": protocol}, indent=2) + "\n")
         grids = []
-        for scale, samples in judged.samples.items():  # one row per class, to look at beside the figures
-            grid = make_grid(samples, nrow=args.samples_per_class, padding=2, pad_value=1.0)
-            grids.append(save_image(grid, args.out.with_name(f"{args.out.stem}-cfg{scale:g}.png")).name)
+        for scale in judged.samples:  # one row per class, to look at beside the figures
+            grids.append(save_image(judged.grid(scale), args.out.with_name(f"{args.out.stem}-cfg{scale:g}.png")).name)
         print(f"wrote {args.out} and {', '.join(grids)}")
     return 0

@@ -109,6 +109,12 @@ class ClassJudgement:
     samples: dict[float, torch.Tensor]
     metrics: dict
 
+    def grid(self, scale: float) -> torch.Tensor:
+        """The samples at guidance ``scale`` as one picture, a row per class."""
+        from torchvision.utils import make_grid
+
+        return make_grid(self.samples[scale], nrow=self.metrics["samples_per_class"], padding=2, pad_value=1.0)
+
 
 @torch.no_grad()
 def judge_class_samples(model, classifier: ShapeClassifier, held_out, samples_per_class: int = 8,
