@@ -100,9 +100,9 @@ def sample_images(model: Transformer, request: SampleRequest, settings: Sampling
 def _progress(total: int, description: str, enabled: bool):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
-    return tqdm(total=total, desc=description, unit="tok", leave=False)
+    return progress_bar(total=total, desc=description, unit="tok", leave=False)
 
 
 def sample_to_folder(model: Transformer, request: SampleRequest, settings: SamplingSettings, out: str | Path,

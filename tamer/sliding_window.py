@@ -27,7 +27,7 @@ from __future__ import annotations
 import sys
 
 import torch
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from .nn.gpt import GPT
 from .sampling import Callback, SamplingSettings, draw, guide, seed_rows
@@ -182,7 +182,7 @@ def sample_sliding_window(model, condition, num_samples: int, code_shape, settin
         return torch.cat((c, image), dim=1)[:, :stop]
 
     show = (callback is None and sys.stderr.isatty()) if progress is None else progress
-    bar = tqdm(total=H * W - first, desc="sliding window", unit="tok", disable=not show)
+    bar = progress_bar(total=H * W - first, desc="sliding window", unit="tok", disable=not show)
     was_training = gpt.training
     gpt.eval()
     try:

@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..checkpoints import atomic_write
 from .files import FileDataset
@@ -156,7 +156,7 @@ def encode_dataset(dataset: Dataset, encode_images: Encoder, *, image_key: str =
 
     consumed = {image_key} | ({cond_key} if encode_condition is not None else set())
     total = math.ceil(len(dataset) / batch_size)
-    for batch in tqdm(loader, total=total, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
+    for batch in progress_bar(loader, total=total, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
         if image_key not in batch:
             raise KeyError(f"image_key: the data items have no {image_key!r} (keys: {sorted(batch)})")
         add_encoded(CODES_KEY, FLIPPED_KEY, encode_images, batch[image_key].to(device), dtype)

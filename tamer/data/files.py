@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..imageio import ImageError, open_image, read_image
 
@@ -128,7 +128,7 @@ class FileDataset(Dataset):
         With ``drop`` the bad items leave the dataset, so ``len`` counts only good ones and workers never meet them.
         """
         bad: dict[int, str] = {}
-        for i in tqdm(range(len(self.records)), desc=f"checking {self.source}", unit="file", disable=not progress):
+        for i in progress_bar(range(len(self.records)), desc=f"checking {self.source}", unit="file", disable=not progress):
             if i in self._bad:
                 bad[i] = self.skipped[self.records[i].image]
                 continue

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..imageio import save_image
 
@@ -313,7 +313,7 @@ def write_procedural_dataset(out: str | Path, count: int, size: int = 64, num_cl
     for label in range(num_classes):  # every class gets its folder, so ClassFolder's indices are these labels
         (out / "images" / class_folder_name(label)).mkdir(parents=True, exist_ok=True)
     names = []
-    for index in tqdm(range(count), desc="writing procedural shapes", unit="image", disable=not progress):
+    for index in progress_bar(range(count), desc="writing procedural shapes", unit="image", disable=not progress):
         scene = dataset.scene(index)
         name = Path(class_folder_name(scene.label)) / f"{index:0{width}d}.png"
         save_image(torch.from_numpy(scene.image).permute(2, 0, 1) * 2 - 1, out / "images" / name)

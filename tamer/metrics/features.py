@@ -18,7 +18,7 @@ from typing import Callable, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 DistributionMetric = Literal["FD", "KD", "IS", "precision", "recall"]
 _INCEPTION_NAMES = {"FD": "FID", "KD": "KID", "IS": "IS", "precision": "precision", "recall": "recall"}
@@ -178,7 +178,7 @@ def extract_features(network: FeatureNetwork, batches: Iterable[torch.Tensor], d
                      total: int | None = None, desc: str = "features") -> dict[str, torch.Tensor]:
     """Run ``network`` over uint8 batches with a progress bar (images/s, ETA); outputs concatenated on the CPU."""
     accumulator = FeatureAccumulator(network, torch.device(device))
-    with tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True) as bar:
+    with progress_bar(total=total, desc=desc, unit="img", dynamic_ncols=True) as bar:
         for batch in batches:
             accumulator.add(batch)
             bar.update(batch.shape[0])

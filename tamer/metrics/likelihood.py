@@ -17,7 +17,7 @@ import math
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from .results import EvalResult, library_versions
 
@@ -58,7 +58,7 @@ def evaluate_likelihood(model: torch.nn.Module, dataset: Dataset, *, limit: int 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     total, tokens, images = 0.0, 0, 0
     per_image: list[torch.Tensor] = []
-    for batch in tqdm(loader, desc="NLL", unit="batch", disable=not progress, dynamic_ncols=True):
+    for batch in progress_bar(loader, desc="NLL", unit="batch", disable=not progress, dynamic_ncols=True):
         if image_key not in batch:
             raise KeyError(f"the data items have no {image_key!r} (keys: {sorted(batch)})")
         pixels = batch[image_key].to(device)

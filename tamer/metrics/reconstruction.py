@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from .distribution import distribution_metrics, network_protocol, resolve_feature_network
 from .features import FeatureNetwork, to_uint8
@@ -85,7 +85,7 @@ def evaluate_reconstructions(model: torch.nn.Module, dataset: Dataset, *, limit:
 
     tally = ReconstructionTally(model.vocab_size, perceptual)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    with tqdm(total=total, desc="reconstruct", unit="img", dynamic_ncols=True) as bar:
+    with progress_bar(total=total, desc="reconstruct", unit="img", dynamic_ncols=True) as bar:
         for batch in loader:
             images = batch[image_key].to(device).float()
             out = model(images)

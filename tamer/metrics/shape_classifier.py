@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import default_collate
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..checkpoints import Pretrained
 
@@ -73,14 +73,14 @@ def train_shape_classifier(size: int = 32, num_classes: int = 10, steps: int = 1
     torch.manual_seed(seed)
     data = ProceduralShapes(size=size, length=train_images, num_classes=num_classes, seed=seed,
                             max_distractors=max_distractors, plain=plain)
-    items = [data[i] for i in tqdm(range(len(data)), desc="rendering scenes", disable=not progress, leave=False)]
+    items = [data[i] for i in progress_bar(range(len(data)), desc="rendering scenes", disable=not progress, leave=False)]
     images = torch.stack([item["image"] for item in items])
     labels = torch.stack([item["label"] for item in items])
     model = ShapeClassifier(ShapeClassifierConfig(num_classes=num_classes))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     model.train()
-    for _ in tqdm(range(steps), desc="shape classifier", disable=not progress, leave=False):
+    for _ in progress_bar(range(steps), desc="shape classifier", disable=not progress, leave=False):
         pick = torch.randint(len(images), (batch_size,))
         batch = images[pick]
         if torch.rand(()) < 0.5:

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from ..progress import progress_bar
 
 from ..imageio import save_image
 from . import checkpointing as ckpt
@@ -150,7 +150,7 @@ class Trainer:
             (self.run / "config.json").write_text(json.dumps(self.run_config, indent=2) + "\n")
         batches = self._batches()
         accum = self.config.grad_accum
-        progress = tqdm(total=self.config.steps, initial=self.step, disable=not self.ctx.is_main,
+        progress = progress_bar(total=self.config.steps, initial=self.step, disable=not self.ctx.is_main,
                         desc=f"train {self.task.model_name}", dynamic_ncols=True)
         last_logs: dict[str, float] = {}
         started = time.perf_counter()
