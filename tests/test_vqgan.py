@@ -169,3 +169,24 @@ def test_kmeans_initialisation_puts_codes_on_the_clusters():
     frozen = quantizer.embedding.weight.clone()
     quantizer.train()(z * 2)  # only the first training batch initialises
     assert torch.equal(quantizer.embedding.weight, frozen)
+
+
+def test_norm_groups_sets_the_normalisation_and_defaults_to_the_original():
+    from torch import nn
+
+    from tamer.nn.autoencoder import Decoder, Encoder
+
+    def groups(module):
+        return {m.num_groups for m in module.modules() if isinstance(m, nn.GroupNorm)}
+
+    small = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), z_channels=8, resolution=16)
+    assert groups(Encoder(AutoencoderConfig(**small))) == {32}  # the original's GroupNorm(32)
+    assert groups(Decoder(AutoencoderConfig(**small, norm_groups=8))) == {8}
+    plain = AutoencoderConfig(**small, norm_groups=0)
+    encoder, decoder = Encoder(plain), Decoder(plain)
+    assert groups(encoder) == set() and groups(decoder) == set()
+    assert decoder(encoder(torch.randn(2, 3, 16, 16))).shape == (2, 3, 16, 16)
+    with pytest.raises(ValueError, match="norm_groups"):
+        AutoencoderConfig(**{**small, "ch": 48})  # 48 channels cannot form 32 groups
+    with pytest.raises(ValueError, match="norm_groups"):
+        AutoencoderConfig(**small, norm_groups=-1)

@@ -29,31 +29,40 @@ class AutoencoderConfig:
     z_channels: int = 256
     double_z: bool = False
     resamp_with_conv: bool = True
+    # GroupNorm groups in every block, 32 as in the original; 0 drops the normalisation. A narrow network (ch 32)
+    # with 32 groups normalises each channel of each image on its own, wiping out colour and contrast it must then
+    # relearn: without it the demo's tiny VQGAN learns markedly faster (BENCHMARKS.md, "tiny VQGAN recipe").
+    norm_groups: int = 32
 
     def __post_init__(self):
         self.ch_mult = tuple(int(m) for m in self.ch_mult)
         self.attn_resolutions = tuple(int(r) for r in self.attn_resolutions)
         if not self.ch_mult:
             raise ValueError("autoencoder.ch_mult: needs at least one level")
-        if self.ch % 32:
-            raise ValueError(f"autoencoder.ch: {self.ch} is not a multiple of 32 (GroupNorm uses 32 groups)")
+        if self.norm_groups < 0:
+            raise ValueError(f"autoencoder.norm_groups: expected 0 (no normalisation) or more, got {self.norm_groups}")
+        if self.norm_groups and self.ch % self.norm_groups:
+            raise ValueError(f"autoencoder.ch: {self.ch} is not a multiple of norm_groups ({self.norm_groups})")
 
     @property
     def downsample_factor(self) -> int:
         return 2 ** (len(self.ch_mult) - 1)
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+def group_norm(channels: int, groups: int = 32) -> nn.Module:
+    """The blocks' normalisation: GroupNorm as in the original, or none (``groups=0``)."""
+    if groups == 0:
+        return nn.Identity()
+    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, dropout: float):
+    def __init__(self, in_channels: int, out_channels: int, dropout: float, norm_groups: int = 32):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.norm1 = group_norm(in_channels)
+        self.norm1 = group_norm(in_channels, norm_groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = group_norm(out_channels)
+        self.norm2 = group_norm(out_channels, norm_groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         if in_channels != out_channels:
@@ -70,9 +79,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over all spatial positions."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, norm_groups: int = 32):
         super().__init__()
-        self.norm = group_norm(channels)
+        self.norm = group_norm(channels, norm_groups)
         self.q = nn.Conv2d(channels, channels, 1)
         self.k = nn.Conv2d(channels, channels, 1)
         self.v = nn.Conv2d(channels, channels, 1)
@@ -123,11 +132,11 @@ def _stage(blocks: Sequence[nn.Module], attns: Sequence[nn.Module]) -> nn.Module
     return stage
 
 
-def _middle(channels: int, dropout: float) -> nn.Module:
+def _middle(channels: int, dropout: float, norm_groups: int) -> nn.Module:
     mid = nn.Module()
-    mid.block_1 = ResnetBlock(channels, channels, dropout)
-    mid.attn_1 = AttnBlock(channels)
-    mid.block_2 = ResnetBlock(channels, channels, dropout)
+    mid.block_1 = ResnetBlock(channels, channels, dropout, norm_groups)
+    mid.attn_1 = AttnBlock(channels, norm_groups)
+    mid.block_2 = ResnetBlock(channels, channels, dropout, norm_groups)
     return mid
 
 
@@ -157,17 +166,17 @@ class Encoder(nn.Module):
             block_in, block_out = c.ch * in_mult[level], c.ch * mult
             blocks, attns = [], []
             for _ in range(c.num_res_blocks):
-                blocks.append(ResnetBlock(block_in, block_out, c.dropout))
+                blocks.append(ResnetBlock(block_in, block_out, c.dropout, c.norm_groups))
                 block_in = block_out
                 if resolution in c.attn_resolutions:
-                    attns.append(AttnBlock(block_in))
+                    attns.append(AttnBlock(block_in, c.norm_groups))
             stage = _stage(blocks, attns)
             if level != len(c.ch_mult) - 1:
                 stage.downsample = Downsample(block_in, c.resamp_with_conv)
                 resolution //= 2
             self.down.append(stage)
-        self.mid = _middle(block_in, c.dropout)
-        self.norm_out = group_norm(block_in)
+        self.mid = _middle(block_in, c.dropout, c.norm_groups)
+        self.norm_out = group_norm(block_in, c.norm_groups)
         self.conv_out = nn.Conv2d(block_in, 2 * c.z_channels if c.double_z else c.z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -190,23 +199,23 @@ class Decoder(nn.Module):
         block_in = c.ch * c.ch_mult[-1]
         resolution = c.resolution // 2 ** (levels - 1)
         self.conv_in = nn.Conv2d(c.z_channels, block_in, 3, padding=1)
-        self.mid = _middle(block_in, c.dropout)
+        self.mid = _middle(block_in, c.dropout, c.norm_groups)
         stages = []
         for level in reversed(range(levels)):
             block_out = c.ch * c.ch_mult[level]
             blocks, attns = [], []
             for _ in range(c.num_res_blocks + 1):
-                blocks.append(ResnetBlock(block_in, block_out, c.dropout))
+                blocks.append(ResnetBlock(block_in, block_out, c.dropout, c.norm_groups))
                 block_in = block_out
                 if resolution in c.attn_resolutions:
-                    attns.append(AttnBlock(block_in))
+                    attns.append(AttnBlock(block_in, c.norm_groups))
             stage = _stage(blocks, attns)
             if level != 0:
                 stage.upsample = Upsample(block_in, c.resamp_with_conv)
                 resolution *= 2
             stages.insert(0, stage)  # up[0] is the highest resolution, as in the original
         self.up = nn.ModuleList(stages)
-        self.norm_out = group_norm(block_in)
+        self.norm_out = group_norm(block_in, c.norm_groups)
         self.conv_out = nn.Conv2d(block_in, c.out_ch, 3, padding=1)
 
     @property
