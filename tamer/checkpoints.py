@@ -90,10 +90,11 @@ class Pretrained:
 
 def model_classes() -> dict[str, type]:
     from .metrics.shape_classifier import ShapeClassifier
+    from .metrics.shape_segmenter import ShapeSegmenter
     from .transformer import Transformer
     from .vqgan import VQGAN
 
-    return {cls.model_type: cls for cls in (VQGAN, Transformer, ShapeClassifier)}
+    return {cls.model_type: cls for cls in (VQGAN, Transformer, ShapeClassifier, ShapeSegmenter)}
 
 
 def read_config(directory: Path) -> tuple[type, Any, dict]:

@@ -173,6 +173,10 @@ class SpatialVQ(ConditionStage):
             return self.model.to_rgb(one_hot)
         return out
 
+    def decode_labels(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Grid ids -> label maps ``B×H×W`` (segmentation stages): the map as the transformer is shown it."""
+        return self.model.decode(tokens - self.token_offset).argmax(1)
+
 
 class Coordinates(ConditionStage):
     """Coordinates in [0, 1] (``B×1×H×W``) area-pooled by ``coord_factor`` and rounded to ``coord_levels`` ids.

@@ -7,8 +7,8 @@ import pytest
 from tamer.cli import main
 from tamer.demo import DemoPlan, run_demo
 
-MICRO = DemoPlan(vqgan_steps=2, seg_vqgan_steps=2, class_steps=2, seg_steps=2, classifier_steps=2,
-                 classifier_images=16, samples_per_class=1, seg_examples=1, eval_images=8, data_length=64, val_images=8)
+MICRO = DemoPlan(vqgan_steps=2, seg_vqgan_steps=2, class_steps=2, seg_steps=2, judge_steps=2, judge_images=16,
+                 samples_per_class=1, seg_maps=2, samples_per_map=1, eval_images=8, data_length=64, val_images=8)
 
 
 def test_micro_demo_writes_everything(tmp_path):

@@ -1,11 +1,12 @@
 """``tamer demo``: the whole method on the built-in dataset, on a CPU, with no download.
 
 It trains a tiny VQGAN (images) and a tiny segmentation VQGAN (label maps), then a class-conditional and a
-segmentation-conditional transformer over their codes, and writes into one folder: held-out reconstructions,
-class-conditional samples (one row per class), segmentation-to-image samples beside their maps, one
-sliding-window sample four times the training area, the figures (PSNR, SSIM, codebook usage, held-out NLL,
-the class accuracy of samples judged by a classifier trained on real images) and ``index.html`` showing it all.
-Each stage is an ordinary training run in ``OUT/runs/`` that ``tamer sample`` / ``tamer eval`` can use after.
+segmentation-conditional transformer over their codes, and two judges on real scenes: a classifier and a segmenter.
+It writes into one folder: held-out reconstructions, class-conditional samples (a row per class), segmentation-to-
+image samples beside their maps, a sliding-window sample four times the training area, the figures (PSNR, SSIM,
+codebook usage, held-out NLL, how often the classifier names a sample's class, the mIoU between a map and the
+segmenter's reading of its samples) and ``index.html`` showing it all. Each stage is an ordinary training run in
+``OUT/runs/`` that ``tamer sample`` / ``tamer eval`` can use after.
 """
 
 from __future__ import annotations
@@ -16,15 +17,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from torchvision.utils import make_grid
 
-from .data.procedural import SHAPES, ProceduralShapes
-from .devices import resolve_device
-from .imageio import save_image
-from .metrics.shape_classifier import judge_class_samples, train_shape_classifier
-from .presets import preset_path
-from .report import Section, write_report
-from .sampling import SamplingSettings
+from ..data.procedural import NUM_SEGMENTATION_LABELS, ProceduralShapes
+from ..devices import resolve_device
+from ..metrics.shape_classifier import judge_class_samples, render_training_scenes, train_shape_classifier
+from ..metrics.shape_segmenter import judge_segmentation_samples, train_shape_segmenter
+from ..presets import preset_path
+from .page import print_summary, write_page
 
 
 @dataclass
@@ -37,18 +36,23 @@ class DemoPlan:
     seg_steps: int = 400
     transformer_batch: int = 32
     transformer_width: int = 128  # the presets' 192 costs twice the time for little gain at this size
-    classifier_steps: int = 800
-    classifier_images: int = 8000
+    judge_steps: int = 600  # each judge (classifier, segmenter)
+    judge_images: int = 4000  # real scenes both judges learn from
     samples_per_class: int = 8
-    seg_examples: int = 6
+    seg_maps: int = 24  # held-out maps the segmentation-conditional samples are drawn from
+    samples_per_map: int = 2
     eval_images: int = 256
     data_length: int = 6000
     val_images: int = 256
 
+    def __post_init__(self):
+        if self.eval_images < self.seg_maps + 4:
+            raise ValueError(f"eval_images: {self.eval_images} held-out scenes do not hold the {self.seg_maps} "
+                             "maps for the segmentation samples and the four of the sliding-window canvas")
 
-QUICK = DemoPlan(vqgan_steps=40, seg_vqgan_steps=20, class_steps=40, seg_steps=30, classifier_steps=60,
-                 classifier_images=1000, samples_per_class=4, seg_examples=3, eval_images=32, data_length=1000,
-                 val_images=32)
+
+QUICK = DemoPlan(vqgan_steps=40, seg_vqgan_steps=20, class_steps=40, seg_steps=30, judge_steps=60, judge_images=1000,
+                 samples_per_class=4, seg_maps=4, eval_images=32, data_length=1000, val_images=32)
 #: scenes hold only shapes of their class (no distractors) and no fine texture, which a VQGAN trained for minutes on
 #: two cores blurs away: what is left at 32×32 through 8×8 codes is the shape, its colours and the gradient behind it
 SCENE = {"max_distractors": 0, "plain": True}
@@ -75,9 +79,9 @@ def _train_stage(kind: str, preset: str, out: Path, overrides: list[str]) -> Pat
         print(f"[demo] {out / 'model'} exists; reusing it (delete {out} to retrain)")
         return out / "model"
     if kind == "vqgan":
-        from .train.vqgan_run import load_run_config, train_vqgan as train
+        from ..train.vqgan_run import load_run_config, train_vqgan as train
     else:
-        from .train.transformer_run import load_run_config, train_transformer as train
+        from ..train.transformer_run import load_run_config, train_transformer as train
     config = load_run_config(preset_path(preset), overrides)
     resume = (out / "checkpoints").is_dir()
     train(config, out, resume=resume)
@@ -92,11 +96,26 @@ def _common(plan: DemoPlan, device: str, steps: int) -> list[str]:
             *(f"{part}.{key}={str(value).lower()}" for part in ("data", "val_data") for key, value in SCENE.items())]
 
 
+def held_out_scenes(count: int, size: int = 32, seed: int = HELD_OUT_SEED) -> dict[str, torch.Tensor]:
+    """``count`` held-out demo scenes (images, labels, segmentation maps), rendered once."""
+    return render_training_scenes(size, count, seed, ("image", "label", "segmentation"), progress=False, **SCENE)
+
+
+def mosaic(scenes: dict[str, torch.Tensor], first: int = 0) -> dict[str, torch.Tensor]:
+    """Four scenes side by side, 2×2: a canvas of four times the area whose shapes have the training scale (the
+    sliding window widens the view; it does not zoom in)."""
+    def tile(x: torch.Tensor) -> torch.Tensor:
+        x = x[first:first + 4]
+        return torch.cat([torch.cat([x[0], x[1]], -1), torch.cat([x[2], x[3]], -1)], -2)[None]
+
+    return {key: tile(scenes[key]) for key in ("image", "segmentation")}
+
+
 def run_demo(out: str | Path = "demo-output", quick: bool = False, device: str = "auto",
              plan: DemoPlan | None = None) -> dict:
-    from . import load
-    from .metrics import evaluate_reconstructions
-    from .metrics.likelihood import evaluate_likelihood
+    from .. import load
+    from ..metrics import evaluate_reconstructions
+    from ..metrics.likelihood import evaluate_likelihood
 
     plan = plan or (QUICK if quick else DemoPlan())
     out = Path(out)
@@ -126,20 +145,24 @@ def run_demo(out: str | Path = "demo-output", quick: bool = False, device: str =
     watch.lap("transformer (segmentation-conditional)", t)
 
     t = time.perf_counter()
-    classifier = train_shape_classifier(size=32, steps=plan.classifier_steps, train_images=plan.classifier_images,
-                                        seed=1, **SCENE)
-    watch.lap("shape classifier (the judge)", t)
+    # Both judges learn from the same real scenes, drawn with a seed of their own (neither training nor held out).
+    judge_scenes = render_training_scenes(32, plan.judge_images, 1, ("image", "label", "segmentation"), **SCENE)
+    classifier = train_shape_classifier(size=32, steps=plan.judge_steps, scenes=judge_scenes, seed=1)
+    segmenter = train_shape_segmenter(size=32, steps=plan.judge_steps, scenes=judge_scenes, seed=1)
+    watch.lap("judges (shape classifier and segmenter)", t)
 
     vqgan, class_model, seg_model = (load(p, map_location=dev).eval() for p in (vqgan_dir, class_dir, seg_dir))
     held_out = ProceduralShapes(size=32, length=plan.eval_images, seed=HELD_OUT_SEED, **SCENE)
-    results: dict = {"plan": asdict(plan), "device": dev}
+    results: dict = {"plan": asdict(plan), "device": dev, "precision": "fp32"}
 
     t = time.perf_counter()
     recon = evaluate_reconstructions(vqgan, held_out, fid=False, lpips=False)
     keep = ("psnr", "ssim", "codebook_usage", "perplexity")
     results["vqgan"] = {k: recon.metrics[k] for k in keep if k in recon.metrics}
     results["vqgan"]["num_codes"] = vqgan.vocab_size
-    _save_reconstructions(vqgan, held_out, out / "reconstructions.png", dev)
+    scenes = held_out_scenes(plan.eval_images)
+    with torch.no_grad():
+        reconstructions = vqgan(scenes["image"][:8].to(dev)).reconstruction.clamp(-1, 1).cpu()
     for name, model in (("class", class_model), ("seg", seg_model)):
         nll = evaluate_likelihood(model, held_out, batch_size=32)
         results[f"{name}_transformer"] = {k: nll.metrics[k] for k in ("nll", "bits_per_token", "bits_per_dim")}
@@ -147,125 +170,42 @@ def run_demo(out: str | Path = "demo-output", quick: bool = False, device: str =
     watch.lap("held-out evaluation", t)
 
     t = time.perf_counter()
-    results["class_samples"] = _class_samples(class_model, classifier, plan, out, held_out)
-    results["seg_samples"] = _segmentation_samples(seg_model, plan, out)
-    results["sliding_window"] = _sliding_window_sample(seg_model, out)
-    watch.lap("sampling", t)
+    class_judgement = judge_class_samples(class_model, classifier, held_out, plan.samples_per_class,
+                                          (1.0, CFG_SCALE), TOP_K)
+    results["class_samples"] = _class_figures(class_judgement)
+    maps = {key: value[:plan.seg_maps] for key, value in scenes.items()}
+    seg_judgement = judge_segmentation_samples(seg_model, segmenter, maps, plan.samples_per_map, TOP_K)
+    results["seg_samples"] = seg_judgement.metrics
+    results["seg_samples"]["segmentation_vqgan_label_accuracy"] = _label_accuracy(seg_model, maps["segmentation"])
+    started = time.perf_counter()
+    factor = seg_model.config.first_stage.downsample_factor
+    canvas = mosaic(scenes, first=plan.seg_maps)  # four maps not among those above
+    window_judgement = judge_segmentation_samples(seg_model, segmenter, canvas, 1, TOP_K, seed=3000,
+                                                  code_shape=(64 // factor, 64 // factor))
+    h, w = seg_model.config.code_shape
+    results["sliding_window"] = {**window_judgement.metrics, "code_shape": [64 // factor, 64 // factor],
+                                 "window": [h, w], "area_ratio": (64 // factor) ** 2 / (h * w),
+                                 "seconds": round(time.perf_counter() - started, 1)}
+    watch.lap("sampling and judging", t)
 
     results["seconds"] = {**watch.stages, "total": round(time.perf_counter() - watch.start, 1)}
+    write_page(out, results, quick, scenes["image"][:8], reconstructions[:8], class_judgement, seg_model,
+               seg_judgement, window_judgement)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    _write_page(out, results, quick)
-    _print_summary(results, out)
+    print_summary(results, out)
     return results
 
 
-@torch.no_grad()
-def _save_reconstructions(vqgan, dataset, path: Path, device: str, count: int = 8) -> None:
-    images = torch.stack([dataset[i]["image"] for i in range(count)]).to(device)
-    reconstructions = vqgan(images).reconstruction.clamp(-1, 1)
-    save_image(make_grid(torch.cat([images, reconstructions]).cpu(), nrow=count, padding=2, pad_value=1.0), path)
-
-
-def _class_samples(model, classifier, plan: DemoPlan, out: Path, held_out) -> dict:
-    """Samples of every class, plain and guided (same seeds), named by the judge (see ``judge_class_samples``)."""
-    guided = model.conditioning.classifier_free
-    judged = judge_class_samples(model, classifier, held_out, plan.samples_per_class,
-                                 (1.0, CFG_SCALE) if guided else (1.0,), TOP_K)
-    for scale, name in ((1.0, "class-samples.png"), (CFG_SCALE, "class-samples-cfg.png")):
-        if scale in judged.samples:
-            save_image(judged.grid(scale), out / name)
+def _class_figures(judged) -> dict:
     m = judged.metrics
     return {"samples": len(judged.samples[1.0]), "accuracy": m["accuracy"]["1"],
-            "accuracy_cfg": m["accuracy"].get(f"{CFG_SCALE:g}"), "cfg_scale": CFG_SCALE, "chance": m["chance"],
+            "accuracy_cfg": m["accuracy"][f"{CFG_SCALE:g}"], "cfg_scale": CFG_SCALE, "chance": m["chance"],
             "classifier_accuracy_on_real_held_out": m["classifier_on_real_held_out"],
             "classifier_accuracy_on_reconstructions": m["classifier_on_reconstructions"], "top_k": TOP_K}
 
 
 @torch.no_grad()
-def _segmentation_samples(model, plan: DemoPlan, out: Path) -> dict:
-    data = ProceduralShapes(size=32, length=plan.seg_examples, seed=HELD_OUT_SEED + 1, **SCENE)
-    items = [data[i] for i in range(plan.seg_examples)]
-    maps = torch.stack([item["segmentation"] for item in items])
-    previews = model.cond_stage_model.decode(model.condition_tokens(maps, len(maps))).float().cpu()
-    per_map = 3
-    rows = []
-    for i, item in enumerate(items):
-        samples = model.sample(maps[i:i + 1].expand(per_map, -1, -1), per_map, SamplingSettings(top_k=TOP_K),
-                               seed=2000 + i * per_map).float().cpu()
-        rows.append(torch.cat([previews[i:i + 1], item["image"][None], samples]))
-    save_image(make_grid(torch.cat(rows), nrow=2 + per_map, padding=2, pad_value=1.0), out / "seg-samples.png")
-    return {"maps": len(items), "samples_per_map": per_map, "top_k": TOP_K}
-
-
-@torch.no_grad()
-def _sliding_window_sample(model, out: Path) -> dict:
-    """A 64×64 scene's map -> a 64×64 image: 16×16 codes from the 8×8-code window, four times the area."""
-    factor = model.config.first_stage.downsample_factor
-    item = ProceduralShapes(size=64, length=1, seed=HELD_OUT_SEED + 2, **SCENE)[0]
-    seg = item["segmentation"][None]
-    code_shape = (64 // factor, 64 // factor)
-    started = time.perf_counter()
-    image = model.sample(seg, 1, SamplingSettings(top_k=TOP_K), seed=3000, code_shape=code_shape).float().cpu()
-    seconds = time.perf_counter() - started
-    preview = model.cond_stage_model.decode(model.condition_tokens(seg, 1)).float().cpu()
-    save_image(make_grid(torch.cat([preview, item["image"][None], image]), nrow=3, padding=2, pad_value=1.0),
-               out / "sliding-window.png")
-    h, w = model.config.code_shape
-    return {"code_shape": list(code_shape), "window": [h, w],
-            "area_ratio": code_shape[0] * code_shape[1] / (h * w), "seconds": round(seconds, 1)}
-
-
-def _write_page(out: Path, results: dict, quick: bool) -> None:
-    v, c, s = results["vqgan"], results["class_transformer"], results["seg_transformer"]
-    samples, window = results["class_samples"], results["sliding_window"]
-    cfg = f"{samples['cfg_scale']:g}"
-    sections = [
-        Section("Stage 1: the VQGAN tokenizer",
-                "Held-out scenes (top) and their reconstructions from 8×8 codes (bottom).",
-                [("reconstructions.png", "held-out images and reconstructions")],
-                {"PSNR (dB)": v["psnr"], "SSIM": v.get("ssim", "n/a"), "codebook usage": v["codebook_usage"],
-                 "perplexity": v["perplexity"], "codes": v["num_codes"]}),
-        Section("Stage 2: class-conditional samples",
-                "One row per class: " + ", ".join(SHAPES) + f". Top-k {samples['top_k']}. A classifier trained on "
-                "real images names the class of each sample; its accuracy on the VQGAN's reconstructions of real "
-                "scenes is the most a transformer over these codes can reach.",
-                [("class-samples.png", "class-conditional samples")] + (
-                    [("class-samples-cfg.png", f"the same seeds with classifier-free guidance, scale {cfg}")]
-                    if samples["accuracy_cfg"] is not None else []),
-                {"class accuracy of samples": samples["accuracy"],
-                 f"with guidance (scale {cfg})": samples["accuracy_cfg"] if samples["accuracy_cfg"] is not None
-                 else "n/a", "chance": samples["chance"],
-                 "classifier on real held-out images": samples["classifier_accuracy_on_real_held_out"],
-                 "classifier on their reconstructions": samples["classifier_accuracy_on_reconstructions"],
-                 "held-out NLL (nats/token)": c["nll"], "uniform NLL": c["uniform_nll"],
-                 "bits/dim": c["bits_per_dim"]}),
-        Section("Stage 2: segmentation to image",
-                "Each row: the map as the condition VQGAN reconstructs it, the real scene, then samples.",
-                [("seg-samples.png", "segmentation-conditional samples")],
-                {"held-out NLL (nats/token)": s["nll"], "uniform NLL": s["uniform_nll"], "bits/dim": s["bits_per_dim"]}),
-        Section("Sliding-window sampling",
-                f"A {window['code_shape'][0]}×{window['code_shape'][1]}-code image from a model trained on "
-                f"{window['window'][0]}×{window['window'][1]} codes ({window['area_ratio']:.0f}× the area): map, "
-                "real scene, sample.", [("sliding-window.png", "sliding-window sample")],
-                {"seconds": window["seconds"]}),
-        Section("Time", "Wall-clock seconds per stage on this machine.", [], results["seconds"]),
-    ]
-    lead = ("Everything here was trained on this machine from the built-in procedural dataset, with no download"
-            + (" (--quick: a minute of training, so expect noise)." if quick else "."))
-    write_report(out / "index.html", "tamer demo", lead, sections)
-
-
-def _print_summary(results: dict, out: Path) -> None:
-    v, c, s = results["vqgan"], results["class_transformer"], results["seg_transformer"]
-    samples = results["class_samples"]
-    print(f"\nVQGAN: held-out PSNR {v['psnr']:.2f} dB, SSIM {v.get('ssim', float('nan')):.3f}, codebook usage "
-          f"{v['codebook_usage']:.0%} (perplexity {v['perplexity']:.0f} of {v['num_codes']})")
-    print(f"class-conditional: held-out NLL {c['nll']:.3f} nats/token (uniform {c['uniform_nll']:.3f}), "
-          f"samples classified correctly {samples['accuracy']:.0%}"
-          + (f", {samples['accuracy_cfg']:.0%} with guidance {samples['cfg_scale']:g}"
-             if samples["accuracy_cfg"] is not None else "")
-          + f" (chance {samples['chance']:.0%}; the classifier gets "
-          f"{samples['classifier_accuracy_on_real_held_out']:.0%} of real images and "
-          f"{samples['classifier_accuracy_on_reconstructions']:.0%} of their reconstructions)")
-    print(f"segmentation-conditional: held-out NLL {s['nll']:.3f} nats/token (uniform {s['uniform_nll']:.3f})")
-    print(f"total {results['seconds']['total'] / 60:.1f} min; open {out / 'index.html'}")
+def _label_accuracy(model, maps: torch.Tensor) -> float:
+    """The share of map pixels the condition VQGAN gives back (what the transformer is actually shown)."""
+    seen = model.cond_stage_model.decode(model.condition_tokens(maps, len(maps))).float().cpu()
+    return (seen.argmax(1) == maps).float().mean().item() if seen.shape[1] == NUM_SEGMENTATION_LABELS else float("nan")

@@ -57,25 +57,33 @@ class ShapeClassifier(nn.Module, Pretrained):
         return torch.cat([self(images[i:i + batch_size])[1].argmax(-1) for i in range(0, len(images), batch_size)])
 
 
+def render_training_scenes(size: int, count: int, seed: int, keys: tuple[str, ...] = ("image", "label"),
+                           progress: bool = True, **scene) -> dict[str, torch.Tensor]:
+    """``count`` real ``ProceduralShapes(size, seed=seed, **scene)`` items, rendered once: the ``keys`` stacked."""
+    from ..data.procedural import ProceduralShapes
+
+    data = ProceduralShapes(size=size, length=count, seed=seed, **scene)
+    items = [data[i] for i in progress_bar(range(count), desc="rendering scenes", disable=not progress, leave=False)]
+    return {key: torch.stack([item[key] for item in items]) for key in keys}
+
+
 def train_shape_classifier(size: int = 32, num_classes: int = 10, steps: int = 1000, batch_size: int = 64,
                            seed: int = 0, lr: float = 2e-3, max_distractors: int = 4, plain: bool = False,
-                           train_images: int = 10_000, blur: float = JUDGE_BLUR,
-                           progress: bool = True) -> ShapeClassifier:
+                           train_images: int = 10_000, blur: float = JUDGE_BLUR, progress: bool = True,
+                           scenes: dict[str, torch.Tensor] | None = None) -> ShapeClassifier:
     """Train on ``train_images`` real ``ProceduralShapes(size, seed=seed, max_distractors=..., plain=...)`` scenes,
     rendered once and shown with random mirror flips and, with ``blur > 0``, a random Gaussian blur of sigma up to
     ``blur`` pixels. The blur makes the judge name the shape rather than its texture: a small tokenizer drops fine
     texture (its reconstructions are blurred), and a judge that needs the texture would call even a perfect
-    transformer's samples wrong. It never sees a reconstruction or a sample."""
+    transformer's samples wrong. It never sees a reconstruction or a sample. ``scenes``: already rendered
+    ``"image"`` and ``"label"`` tensors (from :func:`render_training_scenes`) to learn from instead."""
     from torchvision.transforms.v2.functional import gaussian_blur
 
-    from ..data.procedural import ProceduralShapes
-
     torch.manual_seed(seed)
-    data = ProceduralShapes(size=size, length=train_images, num_classes=num_classes, seed=seed,
-                            max_distractors=max_distractors, plain=plain)
-    items = [data[i] for i in progress_bar(range(len(data)), desc="rendering scenes", disable=not progress, leave=False)]
-    images = torch.stack([item["image"] for item in items])
-    labels = torch.stack([item["label"] for item in items])
+    if scenes is None:
+        scenes = render_training_scenes(size, train_images, seed, ("image", "label"), num_classes=num_classes,
+                                        max_distractors=max_distractors, plain=plain, progress=progress)
+    images, labels = scenes["image"], scenes["label"]
     model = ShapeClassifier(ShapeClassifierConfig(num_classes=num_classes))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
