@@ -27,7 +27,7 @@ from __future__ import annotations
 import sys
 
 import torch
-from ..progress import progress_bar
+from .progress import progress_bar
 
 from .nn.gpt import GPT
 from .sampling import Callback, SamplingSettings, draw, guide, seed_rows
