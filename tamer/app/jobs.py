@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -63,21 +62,17 @@ class LivePreview:
     the whole grid (``B×h×w``, the sliding window).
     """
 
-    def __init__(self, model: Transformer, code_shape: tuple[int, int], show: Show, prefix: torch.Tensor | None = None,
-                 min_interval_s: float = 0.25):
+    def __init__(self, model: Transformer, code_shape: tuple[int, int], show: Show, prefix: torch.Tensor | None = None):
         self.model, self.show = model, show
         self.h, self.w = code_shape
         self.prefix = prefix
         self.given = 0 if prefix is None else prefix.shape[1]
         self.every = max(1, self.h // 8) * self.w  # tokens between previews: an eighth of the rows
-        self.min_interval_s = min_interval_s
-        self.last = 0.0
 
     def __call__(self, k: int, so_far: torch.Tensor) -> None:
         done, total = self.given + k + 1, self.h * self.w
-        if done < total and (done % self.every or time.monotonic() - self.last < self.min_interval_s):
+        if done < total and done % self.every:
             return
-        self.last = time.monotonic()
         device = so_far.device
         if so_far.dim() == 3:
             grid = so_far
@@ -133,7 +128,8 @@ def sample(model: Transformer, out: Path, controls: Controls, class_label: int |
     request, size = _request(model, controls, class_label, condition_map)
     code_shape = _code_shape(model, size)
     settings = controls.sampling()
-    conditions_for(model, request, size)  # checks the class and the map before the folder is made
+    for condition, _ in conditions_for(model, request, size):  # the class and the map, before anything is written
+        model.condition_tokens(None if condition is None else condition[:1], 1)
     preview = None if show is None else LivePreview(model, code_shape, show)
     sample_to_folder(model, request, settings, out, progress=False, callback=preview)
     how = "sliding window" if code_shape != tuple(model.config.code_shape) else "training size"
