@@ -6,6 +6,8 @@ this module loads the models and serves the page. Gradio is the optional extra `
 
 from __future__ import annotations
 
+import signal
+import sys
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -13,8 +15,8 @@ from typing import Sequence
 
 def serve(model_paths: Sequence[str], host: str = "127.0.0.1", port: int = 7860, device: str = "auto",
           block: bool = True):
-    """Load ``model_paths`` and serve their page at ``http://host:port``; returns the Gradio app (blocks until it
-    is closed unless ``block`` is False)."""
+    """Load ``model_paths`` and serve their page at ``http://host:port`` until interrupted (Ctrl-C or SIGTERM); with
+    ``block=False``, return the running Gradio app at once (``.close()`` stops it)."""
     try:
         import gradio  # noqa: F401
     except ImportError:
@@ -24,11 +26,20 @@ def serve(model_paths: Sequence[str], host: str = "127.0.0.1", port: int = 7860,
 
     names = _tab_names(model_paths)
     models = [ServedModel(name, str(path), load_model(path, device=device)) for name, path in zip(names, model_paths)]
-    work_dir = Path(tempfile.mkdtemp(prefix="tamer-app-"))
-    page = build_page(models, work_dir)
+    work_dir = tempfile.TemporaryDirectory(prefix="tamer-app-")  # the jobs' files; removed when the server stops
+    page = build_page(models, Path(work_dir.name))
+    page.work_dir = work_dir  # lives as long as the page
     page.queue(default_concurrency_limit=1)
-    page.launch(server_name=host, server_port=port, allowed_paths=[str(work_dir)], prevent_thread_lock=not block,
+    page.launch(server_name=host, server_port=port, allowed_paths=[work_dir.name], prevent_thread_lock=True,
                 ssr_mode=False, footer_links=[])
+    if not block:
+        return page
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop like Ctrl-C, so the files are removed
+    try:
+        page.block_thread()
+    finally:
+        page.close()
+        work_dir.cleanup()
     return page
 
 

@@ -41,7 +41,7 @@ def build_page(models: list[ServedModel], work_dir: Path) -> gr.Blocks:
     def folder(kind: str) -> Path:
         return work_dir / f"{next(counter):05d}-{kind}"
 
-    with gr.Blocks(title="tamer", analytics_enabled=False) as page:
+    with gr.Blocks(title="tamer", analytics_enabled=False, delete_cache=(600, 3600)) as page:
         gr.Markdown("# tamer\nSample from a Taming Transformers model, or put an image through a VQGAN.")
         with gr.Tabs():
             for index, served in enumerate(models):
@@ -170,8 +170,12 @@ def _drawing_canvas(served: ServedModel, size: tuple[int, int]):
     count = stage.autoencoder.in_channels
     colours = [hex_colour(rgb) for rgb in palette(count)]
     names = segmentation_names(served.path, count)
-    legend = " ".join(f'<span style="background:{colour};color:{"#fff" if k == 0 else "#000"};padding:1px 6px;'
-                      f'border-radius:3px">{k} {name}</span>' for k, (colour, name) in enumerate(zip(colours, names)))
+    def text_colour(rgb):  # white on dark labels
+        return "#fff" if 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] < 140 else "#000"
+
+    legend = " ".join(f'<span style="background:{hex_colour(rgb)};color:{text_colour(rgb)};padding:1px 6px;'
+                      f'border-radius:3px;white-space:nowrap">{k} {name}</span>'
+                      for k, (rgb, name) in enumerate(zip(palette(count), names)))
     gr.HTML(f"<div>Brush colours are labels: {legend}. Unpainted places are label 0.</div>")
     scale = max(1, 256 // max(size))
     return gr.ImageEditor(canvas_size=(size[1] * scale, size[0] * scale), fixed_canvas=True, type="numpy",
