@@ -22,7 +22,7 @@ def serve(model_paths: Sequence[str], host: str = "127.0.0.1", port: int = 7860,
     except ImportError:
         raise ValueError("the web app needs Gradio: pip install 'tamer-vq[app]'") from None
     from ..api import load_model
-    from .page import ServedModel, build_page
+    from .page import CSS, ServedModel, build_page
 
     names = _tab_names(model_paths)
     models = [ServedModel(name, str(path), load_model(path, device=device)) for name, path in zip(names, model_paths)]
@@ -31,7 +31,7 @@ def serve(model_paths: Sequence[str], host: str = "127.0.0.1", port: int = 7860,
     page.work_dir = work_dir  # lives as long as the page
     page.queue(default_concurrency_limit=1)
     page.launch(server_name=host, server_port=port, allowed_paths=[work_dir.name], prevent_thread_lock=True,
-                ssr_mode=False, footer_links=[])
+                ssr_mode=False, footer_links=[], css=CSS)
     if not block:
         return page
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop like Ctrl-C, so the files are removed

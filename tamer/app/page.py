@@ -26,6 +26,9 @@ from .labels import class_names, hex_colour, palette, segmentation_names
 
 log = logging.getLogger(__name__)
 
+#: Small samples are shown enlarged; smoothing would blur exactly what a code grid draws.
+CSS = ".tamer-pixels img { image-rendering: pixelated; }"
+
 
 @dataclass
 class ServedModel:
@@ -103,7 +106,8 @@ def _transformer_tab(served: ServedModel, key: str, folder: Callable[[str], Path
                 pixel_height = gr.Number(height, precision=0, step=factor, label="Height (pixels)",
                                          info=f"a multiple of {factor}")
                 pixel_width = gr.Number(width, precision=0, step=factor, label="Width (pixels)",
-                                        info="a spatial model takes its map's size")
+                                        info="a drawn map's; an uploaded map keeps its own" if c.kind == "spatial"
+                                        else "past the training size: sliding window")
             sample_button = gr.Button("Sample", variant="primary", elem_id=f"{key}-sample")
             with gr.Accordion("Image completion: keep the top rows of an image, sample the rest", open=True):
                 completion_image = gr.File(label="Image to complete", elem_id=f"{key}-completion")
@@ -112,7 +116,7 @@ def _transformer_tab(served: ServedModel, key: str, folder: Callable[[str], Path
                 complete_button = gr.Button("Complete", elem_id=f"{key}-complete")
         with gr.Column(scale=3):
             gallery = gr.Gallery(label="Samples", format="png", columns=4, object_fit="contain", height="auto",
-                                 elem_id=f"{key}-gallery")
+                                 elem_id=f"{key}-gallery", elem_classes="tamer-pixels")
             status = gr.Markdown(elem_id=f"{key}-status")
             download = gr.File(label="Download: PNGs, codes.npy and the settings", elem_id=f"{key}-download")
 
@@ -193,7 +197,7 @@ def _vqgan_tab(served: ServedModel, key: str, folder: Callable[[str], Path]) -> 
             button = gr.Button("Reconstruct", variant="primary", elem_id=f"{key}-reconstruct")
         with gr.Column(scale=3):
             gallery = gr.Gallery(label="Input and reconstruction", format="png", columns=2, height="auto",
-                                 elem_id=f"{key}-gallery")
+                                 elem_id=f"{key}-gallery", elem_classes="tamer-pixels")
             status = gr.Markdown(elem_id=f"{key}-status")
             codes = gr.Dataframe(label="Code grid", interactive=False, elem_id=f"{key}-codes")
             download = gr.File(label="Download: input, reconstruction and codes.npy")
