@@ -30,8 +30,12 @@ def serve(model_paths: Sequence[str], host: str = "127.0.0.1", port: int = 7860,
     page = build_page(models, Path(work_dir.name))
     page.work_dir = work_dir  # lives as long as the page
     page.queue(default_concurrency_limit=1)
-    page.launch(server_name=host, server_port=port, allowed_paths=[work_dir.name], prevent_thread_lock=True,
-                ssr_mode=False, footer_links=[], css=CSS)
+    try:
+        page.launch(server_name=host, server_port=port, allowed_paths=[work_dir.name], prevent_thread_lock=True,
+                    ssr_mode=False, footer_links=[], css=CSS)
+    except OSError as error:
+        work_dir.cleanup()
+        raise ValueError(f"cannot serve on {host}:{port} ({str(error).split('.')[0]}); give another --port") from None
     if not block:
         return page
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop like Ctrl-C, so the files are removed
