@@ -20,11 +20,12 @@ from PIL import Image
 
 from tamer.cli import main
 
-from test_transformer import CLASS, make_model
+from test_transformer import CLASS, SEG_STAGE, make_model
 
 if importlib.util.find_spec("gradio") is None:  # the server imports it; the test need not spend seconds on that
     pytest.skip("needs gradio (pip install 'tamer-vq[app]')", allow_module_level=True)
 webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
@@ -60,14 +61,22 @@ def vqgan_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(class_model, vqgan_model, tmp_path_factory):
+def seg_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "seg"
+    torch.manual_seed(2)
+    make_model({"kind": "spatial", "key": "segmentation", "stage": SEG_STAGE}, code_shape=(4, 4)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(class_model, vqgan_model, seg_model, tmp_path_factory):
     """`tamer app` on 127.0.0.1 and a free port, in its own process; stopped by the test."""
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1"}
     with open(log, "w") as out:
         process = subprocess.Popen([sys.executable, "-m", "tamer.cli", "app", "--model", str(class_model),
-                                    "--model", str(vqgan_model), "--port", str(port), "--device", "cpu"], stdout=out, stderr=subprocess.STDOUT,
+                                    "--model", str(vqgan_model), "--model", str(seg_model), "--port", str(port), "--device", "cpu"], stdout=out, stderr=subprocess.STDOUT,
                                    env=env)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -115,6 +124,11 @@ def pixels(data: bytes) -> np.ndarray:
 def type_into(element, text: str) -> None:
     element.send_keys(Keys.CONTROL, "a")
     element.send_keys(text, Keys.TAB)
+
+
+def open_tab(driver, name: str) -> None:
+    [tab] = [b for b in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]") if b.text == name]
+    tab.click()
 
 
 def wait_for_text(driver, css: str, text: str, timeout: float = 60) -> str:
@@ -174,8 +188,7 @@ def test_vqgan_tab_shows_the_reconstruction_psnr_and_codes_of_tamer_reconstruct(
     psnr = row.split()[-1]
 
     browser.get(server)
-    [tab] = [b for b in browser.find_elements(By.CSS_SELECTOR, "button[role=tab]") if b.text == "vqgan"]
-    tab.click()
+    open_tab(browser, "vqgan")
     browser.find_element(By.CSS_SELECTOR, "#m1-image input[type=file]").send_keys(str(picture))
     WebDriverWait(browser, 30).until(lambda d: "photo" in d.find_element(By.ID, "m1-image").text)
     browser.find_element(By.ID, "m1-reconstruct").click()
@@ -187,3 +200,28 @@ def test_vqgan_tab_shows_the_reconstruction_psnr_and_codes_of_tamer_reconstruct(
     assert main(["encode", "--model", str(vqgan_model), str(picture), "--out", str(tmp_path / "codes.npy")]) == 0
     cells = browser.find_element(By.ID, "m1-codes").text.split("\n")[1 + 10:]  # the label, the column headers
     assert [int(cell) for cell in cells] == np.load(tmp_path / "codes.npy")[0].flatten().tolist()
+
+
+def test_a_map_drawn_on_the_canvas_samples_like_tamer_sample_with_that_map(server, browser, seg_model, tmp_path):
+    browser.get(server)
+    open_tab(browser, "seg")
+    open_tab(browser, "Draw a map")
+    browser.find_element(By.CSS_SELECTOR, "#m2-draw button[aria-label=Brush]").click()
+    canvas = browser.find_elements(By.CSS_SELECTOR, "#m2-draw canvas")[-1]
+    ActionChains(browser).move_to_element_with_offset(canvas, -60, -60).click_and_hold().move_by_offset(100, 0) \
+        .move_by_offset(0, 80).release().perform()  # an L in label 1's colour (the brush's first)
+    type_into(browser.find_element(By.CSS_SELECTOR, "#m2-n input[type=number]"), "2")
+    browser.find_element(By.ID, "m2-sample").click()
+    wait_for_text(browser, "#m2-status", "2 samples, seeds 0..1, 8×8 pixels")
+
+    with zipfile.ZipFile(io.BytesIO(fetch(browser.find_element(By.CSS_SELECTOR, "#m2-download a")
+                                          .get_attribute("href")))) as zipped:
+        zipped.extract("condition.png", tmp_path)
+    labels = np.asarray(Image.open(tmp_path / "condition.png"))
+    assert labels.shape == (8, 8) and set(np.unique(labels).tolist()) == {0, 1}
+    assert main(["sample", "--model", str(seg_model), "--cond", str(tmp_path / "condition.png"), "-n", "2",
+                 "--out", str(tmp_path / "cli")]) == 0
+    shown = [img.get_attribute("src") for img in browser.find_elements(By.CSS_SELECTOR, "#m2-gallery img")]
+    assert len(shown) == 2
+    for src, seed in zip(shown, (0, 1)):
+        assert np.array_equal(pixels(fetch(src)), pixels((tmp_path / "cli" / f"sample-{seed}.png").read_bytes()))

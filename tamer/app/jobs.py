@@ -106,7 +106,10 @@ def _code_shape(model: Transformer, size: tuple[int, int]) -> tuple[int, int]:
     return code_shape
 
 
-def _archive(folder: Path) -> Path:
+def _archive(folder: Path, condition_map: str | None = None) -> Path:
+    """A zip of ``folder``, with the spatial condition as given (``condition.png``: uploaded or drawn)."""
+    if condition_map is not None:
+        shutil.copyfile(condition_map, folder / ("condition" + (Path(condition_map).suffix.lower() or ".png")))
     return Path(shutil.make_archive(str(folder), "zip", folder))
 
 
@@ -134,7 +137,7 @@ def sample(model: Transformer, out: Path, controls: Controls, class_label: int |
     sample_to_folder(model, request, settings, out, progress=False, callback=preview)
     how = "sliding window" if code_shape != tuple(model.config.code_shape) else "training size"
     seeds = range(controls.seed, controls.seed + controls.num_samples)
-    return Result([out / f"sample-{s}.png" for s in seeds], _archive(out),
+    return Result([out / f"sample-{s}.png" for s in seeds], _archive(out, condition_map),
                   f"{_count(len(seeds), 'sample')}, {_seeds(seeds)}, {size[0]}×{size[1]} pixels "
                   f"({code_shape[0]}×{code_shape[1]} codes, {how})")
 
@@ -171,7 +174,7 @@ def complete(model: Transformer, out: Path, controls: Controls, image_path: str,
     record = {"settings": asdict(settings), "seeds": list(range(controls.seed, controls.seed + n)),
               "keep_rows": keep_rows, "size": list(size), "class": request.classes}
     (out / "completion.json").write_text(json.dumps(record, indent=2) + "\n")
-    return Result([out / "input.png", *paths], _archive(out),
+    return Result([out / "input.png", *paths], _archive(out, condition_map),
                   f"{_count(n, 'completion')} of the top {keep_rows} of {code_shape[0]} code rows, "
                   f"{_seeds(range(controls.seed, controls.seed + n))}, {size[0]}×{size[1]} pixels")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import gradio as gr
+import numpy as np
 import torch
 
 from ..transformer import Transformer
@@ -91,7 +92,7 @@ def _transformer_tab(served: ServedModel, key: str, folder: Callable[[str], Path
                         upload_map = gr.File(label=f"Condition: {what}", elem_id=f"{key}-map")
                     if segmentation:
                         with gr.Tab("Draw a map"):
-                            drawing = _drawing_canvas(served, (height, width))
+                            drawing = _drawing_canvas(served, (height, width), f"{key}-draw")
             with gr.Row():
                 seed = gr.Number(0, precision=0, label="Seed", info="sample i uses seed + i", elem_id=f"{key}-seed")
                 num_samples = gr.Slider(1, 16, value=4, step=1, label="Samples", elem_id=f"{key}-n")
@@ -135,8 +136,8 @@ def _transformer_tab(served: ServedModel, key: str, folder: Callable[[str], Path
         """The uploaded map, else the drawing (when anything is painted) as a label-map PNG of ``size``."""
         if upload is not None:
             return upload
-        painted = None if drawn is None else drawn.get("composite")
-        if painted is None or (painted.shape[-1] == 4 and not painted[..., 3].any()):
+        painted = _painted(drawn)
+        if painted is None:
             return None
         return str(jobs.drawing_to_label_map(painted, c.stage.autoencoder.in_channels, size,
                                              out.with_name(out.name + "-map.png")))
@@ -168,7 +169,7 @@ def _transformer_tab(served: ServedModel, key: str, folder: Callable[[str], Path
                                         *controls_inputs], outputs, concurrency_id=queue_of_model, concurrency_limit=1)
 
 
-def _drawing_canvas(served: ServedModel, size: tuple[int, int]):
+def _drawing_canvas(served: ServedModel, size: tuple[int, int], elem_id: str):
     """A canvas whose brush paints only the model's label colours, with a legend of their names."""
     stage = served.model.conditioning.stage
     count = stage.autoencoder.in_channels
@@ -185,7 +186,23 @@ def _drawing_canvas(served: ServedModel, size: tuple[int, int]):
     return gr.ImageEditor(canvas_size=(size[1] * scale, size[0] * scale), fixed_canvas=True, type="numpy",
                           image_mode="RGBA", sources=(), layers=False, transforms=(),
                           brush=gr.Brush(colors=colours, default_color=colours[1 % count], color_mode="fixed"),
-                          label="Segmentation map (drawn at the height and width set below)")
+                          label="Segmentation map (drawn at the height and width set below)", elem_id=elem_id)
+
+
+def _painted(drawn: dict | None) -> np.ndarray | None:
+    """The strokes of an image editor's value, RGBA, without the canvas behind them (None when nothing is painted).
+
+    The composite would paint the canvas's white background over the unpainted places, which must stay label 0.
+    """
+    layers = [np.asarray(layer) for layer in (drawn or {}).get("layers") or [] if layer is not None]
+    layers = [layer for layer in layers if layer.ndim == 3 and layer.shape[2] == 4 and layer[..., 3].any()]
+    if not layers:
+        return None
+    painted = layers[0].copy()
+    for layer in layers[1:]:
+        over = layer[..., 3] >= 128
+        painted[over] = layer[over]
+    return painted
 
 
 def _vqgan_tab(served: ServedModel, key: str, folder: Callable[[str], Path]) -> None:
