@@ -6,6 +6,7 @@ this module loads the models and serves the page. Gradio is the optional extra `
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import tempfile
@@ -16,7 +17,11 @@ from typing import Sequence
 def serve(model_paths: Sequence[str], host: str = "127.0.0.1", port: int = 7860, device: str = "auto",
           block: bool = True):
     """Load ``model_paths`` and serve their page at ``http://host:port`` until interrupted (Ctrl-C or SIGTERM); with
-    ``block=False``, return the running Gradio app at once (``.close()`` stops it)."""
+    ``block=False``, return the running Gradio app at once (``.close()`` stops it).
+
+    The jobs' files and Gradio's copies of uploads and outputs live in one temporary folder, removed when the
+    server stops (``GRADIO_TEMP_DIR`` is set to it for this process unless already set).
+    """
     try:
         import gradio  # noqa: F401
     except ImportError:
@@ -26,8 +31,10 @@ def serve(model_paths: Sequence[str], host: str = "127.0.0.1", port: int = 7860,
 
     names = _tab_names(model_paths)
     models = [ServedModel(name, str(path), load_model(path, device=device)) for name, path in zip(names, model_paths)]
-    work_dir = tempfile.TemporaryDirectory(prefix="tamer-app-")  # the jobs' files; removed when the server stops
-    page = build_page(models, Path(work_dir.name))
+    work_dir = tempfile.TemporaryDirectory(prefix="tamer-app-")  # removed when the server stops
+    # Gradio's copies of uploads and outputs go there too, unless GRADIO_TEMP_DIR says otherwise.
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(work_dir.name) / "gradio"))
+    page = build_page(models, Path(work_dir.name) / "jobs")
     page.work_dir = work_dir  # lives as long as the page
     page.queue(default_concurrency_limit=1)
     try:
