@@ -84,7 +84,12 @@ def test_bad_requests_are_named_before_anything_runs(class_model, tmp_path):
         jobs.sample(model, tmp_path / "c", jobs.Controls(size=(17, 16)), class_label=0)
     with pytest.raises(ValueError, match="top_k: expected a positive integer"):
         jobs.sample(model, tmp_path / "d", jobs.Controls(top_k=-2), class_label=0)
-    assert not any((tmp_path / name).exists() for name in "abcd")
+    with pytest.raises(ValueError, match=r"this model is class-conditional: pick a class \(0..3\)"):
+        jobs.sample(model, tmp_path / "e", jobs.Controls())
+    seg = make_model({"kind": "spatial", "key": "segmentation", "stage": SEG_STAGE}, code_shape=(4, 4))
+    with pytest.raises(ValueError, match="conditioned on segmentation maps: upload one or draw one"):
+        jobs.sample(seg, tmp_path / "f", jobs.Controls())
+    assert not any((tmp_path / name).exists() for name in "abcdef")
 
 
 def test_a_drawn_segmentation_map_samples_like_the_same_map_from_a_file(tmp_path, one_thread):

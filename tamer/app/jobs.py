@@ -115,6 +115,12 @@ def _archive(folder: Path, condition_map: str | None = None) -> Path:
 
 def _request(model: Transformer, controls: Controls, class_label: int | None, condition_map: str | None):
     """The ``tamer sample`` request for the page's inputs; a spatial model samples at its map's size."""
+    c = model.conditioning
+    if c.kind == "class" and class_label is None:
+        raise ValueError(f"this model is class-conditional: pick a class (0..{c.num_classes - 1})")
+    if c.kind == "spatial" and condition_map is None:
+        raise ValueError(f"this model is conditioned on {c.key} maps: upload one"
+                         + (" or draw one" if c.stage.colorize_nlabels is not None else ""))
     size = tuple(controls.size) if controls.size else tuple(model.config.image_size)
     if condition_map is not None and model.conditioning.kind == "spatial":
         size = tuple(read_condition_map(condition_map, model).shape[-2:])

@@ -175,6 +175,7 @@ def _drawing_canvas(served: ServedModel, size: tuple[int, int], elem_id: str):
     count = stage.autoencoder.in_channels
     colours = [hex_colour(rgb) for rgb in palette(count)]
     names = segmentation_names(served.path, count)
+
     def text_colour(rgb):  # white on dark labels
         return "#fff" if 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] < 140 else "#000"
 
