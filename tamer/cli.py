@@ -33,9 +33,11 @@ def main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tamer", description="Taming Transformers: VQGAN tokenizer and image GPT.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from .app_cli import add_app_command
     from .eval_cli import add_eval_command
     from .sample_cli import add_sample_command, height_by_width
 
+    add_app_command(commands)
     add_eval_command(commands)
     add_sample_command(commands)
 

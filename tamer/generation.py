@@ -15,7 +15,7 @@ from torchvision.utils import make_grid
 
 from .conditioning import coordinate_map
 from .imageio import ImageError, open_image, read_image, save_image
-from .sampling import SamplingSettings
+from .sampling import Callback, SamplingSettings
 from .transformer import Transformer
 
 
@@ -74,9 +74,10 @@ def conditions_for(model: Transformer, request: SampleRequest, size: tuple[int, 
 
 
 @torch.no_grad()
-def sample_images(model: Transformer, request: SampleRequest, settings: SamplingSettings,
-                  progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Images ``N×3×H×W``, their codes ``N×h×w`` and seeds; sample ``i`` uses ``seed + i``."""
+def sample_images(model: Transformer, request: SampleRequest, settings: SamplingSettings, progress: bool = True,
+                  callback: Callback | None = None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Images ``N×3×H×W``, their codes ``N×h×w`` and seeds; sample ``i`` uses ``seed + i``. ``callback`` is
+    :meth:`Transformer.sample_codes`'s, for each batch (the web app's live preview)."""
     size = tuple(request.size) if request.size else model.config.image_size
     code_shape = model.first_stage_model.code_shape(*size)
     images, codes, seeds = [], [], []
@@ -86,8 +87,13 @@ def sample_images(model: Transformer, request: SampleRequest, settings: Sampling
             n = min(request.batch_size, count - start)
             part = None if condition is None else condition[start:start + n]
             bar = _progress(code_shape[0] * code_shape[1], f"samples {seed}..{seed + n - 1}", progress)
-            grid = model.sample_codes(part, n, settings, seed=seed, code_shape=code_shape,
-                                      callback=lambda k, so_far: bar.update(1) if bar else None)
+            def on_token(k, so_far, bar=bar):
+                if bar:
+                    bar.update(1)
+                if callback is not None:
+                    callback(k, so_far)
+
+            grid = model.sample_codes(part, n, settings, seed=seed, code_shape=code_shape, callback=on_token)
             if bar:
                 bar.close()
             codes.append(grid.cpu())
@@ -106,12 +112,12 @@ def _progress(total: int, description: str, enabled: bool):
 
 
 def sample_to_folder(model: Transformer, request: SampleRequest, settings: SamplingSettings, out: str | Path,
-                     progress: bool = True) -> Path:
+                     progress: bool = True, callback: Callback | None = None) -> Path:
     """Write ``sample-<seed>.png`` per sample, ``grid.png`` (one row per class when class-conditional),
     ``codes.npy`` (``N×h×w``) and ``sample.json`` (settings, seeds, model) into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    images, codes, seeds = sample_images(model, request, settings, progress)
+    images, codes, seeds = sample_images(model, request, settings, progress, callback)
     for image, seed in zip(images, seeds):
         save_image(image, out / f"sample-{seed}.png")
     per_row = request.num_samples if request.classes else min(len(images), 8)

@@ -198,15 +198,23 @@ class Transformer(nn.Module, Pretrained):
         return self.decode_codes(self.sample_codes(condition, num_samples, settings, seed, **kwargs))
 
     @torch.no_grad()
-    def complete(self, images: torch.Tensor, keep_rows: int, condition=None,
-                 settings: SamplingSettings | None = None, seed: int | None = None) -> torch.Tensor:
-        """Image completion: keep the top ``keep_rows`` code rows of ``images`` and sample the rest."""
+    def complete_codes(self, images: torch.Tensor, keep_rows: int, condition=None,
+                       settings: SamplingSettings | None = None, seed: int | None = None,
+                       callback: Callback | None = None) -> torch.Tensor:
+        """Image completion: keep the top ``keep_rows`` code rows of ``images``, sample the rest; code grids
+        ``B×h×w``."""
         if self.config.token_order != "raster":
             raise ValueError("complete: keeping the top rows needs raster token order")
         codes = self.encode_images(images)
         prefix = self.sequence(codes)[:, : keep_rows * codes.shape[2]]
-        grid = self.sample_codes(condition, images.shape[0], settings, seed, prefix=prefix, code_shape=codes.shape[1:])
-        return self.decode_codes(grid)
+        return self.sample_codes(condition, images.shape[0], settings, seed, prefix=prefix,
+                                 code_shape=codes.shape[1:], callback=callback)
+
+    @torch.no_grad()
+    def complete(self, images: torch.Tensor, keep_rows: int, condition=None,
+                 settings: SamplingSettings | None = None, seed: int | None = None) -> torch.Tensor:
+        """Image completion as images in [-1, 1] (see :meth:`complete_codes`)."""
+        return self.decode_codes(self.complete_codes(images, keep_rows, condition, settings, seed))
 
     # ---- likelihood ----------------------------------------------------------------------------------------------
 
