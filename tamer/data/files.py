@@ -128,7 +128,8 @@ class FileDataset(Dataset):
         With ``drop`` the bad items leave the dataset, so ``len`` counts only good ones and workers never meet them.
         """
         bad: dict[int, str] = {}
-        for i in progress_bar(range(len(self.records)), desc=f"checking {self.source}", unit="file", disable=not progress):
+        for i in progress_bar(range(len(self.records)), desc=f"checking {self.source}", unit="file",
+                              disable=not progress):
             if i in self._bad:
                 bad[i] = self.skipped[self.records[i].image]
                 continue

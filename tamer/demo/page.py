@@ -69,7 +69,8 @@ def write_page(out: Path, results: dict, quick: bool, real: torch.Tensor, recons
                 f"{results['precision']}).", [], results["seconds"]),
     ]
     lead = ("Everything here was trained on this machine from the built-in procedural dataset, with no download"
-            + (" (--quick: a minute of training, so expect noise)." if quick else "."))
+            + (" (--quick: a minute of training, so expect noise)." if quick else ".")
+            + f" To sample from these models in a web page: {app_command(out)}")
     write_report(out / "index.html", "tamer demo", lead, sections)
 
 
@@ -101,3 +102,9 @@ def print_summary(results: dict, out: Path) -> None:
           f" on reconstructions {seg['segmenter_on_reconstructions']:.2f}); sliding window at "
           f"{window['area_ratio']:.0f}x the area: mIoU {window['miou']:.2f}")
     print(f"total {results['seconds']['total'] / 60:.1f} min ({results['precision']}); open {out / 'index.html'}")
+    print(f"sample from these models in a web page (pip install 'tamer-vq[app]'): {app_command(out)}")
+
+
+def app_command(out: Path) -> str:
+    """The ``tamer app`` command that opens the demo's models."""
+    return "tamer app " + " ".join(f"--model {out / 'runs' / name / 'model'}" for name in ("class", "seg", "vqgan"))
