@@ -1,0 +1,127 @@
+"""Every quantizer kind behind the VQGAN: fp32 codes under bf16 autocast, native checkpoints, config errors and
+training with the stage-1 trainer."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import tamer
+from tamer.config import ConfigError, from_dict, to_dict
+from tamer.nn.autoencoder import AutoencoderConfig
+from tamer.nn.quantize import QuantizerConfig, build_quantizer
+from tamer.train.vqgan_run import load_run_config, train_vqgan
+from tamer.vqgan import VQGAN, VQGANConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = AutoencoderConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), z_channels=8, resolution=16)
+# About 8 bits per position each, as the tokenizer comparison uses them.
+KINDS = {
+    "vq": dict(num_codes=256, embed_dim=8),
+    "vq-rotation": dict(num_codes=256, embed_dim=8, rotation_trick=True),
+    "fsq": dict(kind="fsq", levels=[8, 6, 5], embed_dim=3),
+    "lfq": dict(kind="lfq", embed_dim=8),
+    "bsq": dict(kind="lfq", embed_dim=8, spherical=True),
+    "simvq": dict(kind="simvq", num_codes=256, embed_dim=8, rotation_trick=True),
+    "residual": dict(kind="residual", num_codes=16, embed_dim=8, depth=2),
+    "gumbel": dict(kind="gumbel", num_codes=256, embed_dim=8),
+}
+
+
+def quantizer(name: str):
+    torch.manual_seed(0)
+    module = build_quantizer(QuantizerConfig(**KINDS[name])).eval()
+    if hasattr(module, "embedding"):  # a spread-out codebook, so that many codes are in play
+        with torch.no_grad():
+            module.embedding.weight.normal_()
+    return module
+
+
+@pytest.mark.parametrize("name", KINDS)
+def test_codes_under_bf16_autocast_equal_fp32(name):
+    module = quantizer(name)
+    z = torch.randn(8, module.config.embed_dim, 32, 32, generator=torch.Generator().manual_seed(1)).bfloat16()
+    expected = module(z.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = module(z)
+    assert torch.equal(out.indices, expected.indices)
+    assert out.latents.dtype == torch.float32
+    # Many codes in play, so that bf16 distances or roundings would have moved some.
+    assert len(expected.indices.unique()) >= min(20, module.config.vocab_size)
+
+
+@pytest.mark.parametrize("name", KINDS)
+def test_native_checkpoint_round_trip_and_decoding(name, tmp_path):
+    torch.manual_seed(0)
+    model = VQGAN(VQGANConfig(TINY, QuantizerConfig(**KINDS[name]))).eval()
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    model.save(tmp_path / "m")
+    loaded = tamer.load(tmp_path / "m")
+    assert loaded.config == model.config
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+    indices = loaded.encode(images)
+    depth = model.config.quantizer.codes_per_position
+    assert indices.shape == (2, 8, 8 * depth) == (2, *model.code_shape(16, 16))
+    assert torch.equal(indices, model.encode(images))
+    assert int(indices.max()) < model.vocab_size
+    assert torch.allclose(loaded.decode(indices), model(images).reconstruction, atol=1e-5)
+
+
+def test_vocabulary_follows_from_the_quantizer():
+    assert QuantizerConfig(kind="fsq", levels=[8, 6, 5], embed_dim=3).vocab_size == 240
+    assert QuantizerConfig(kind="lfq", embed_dim=10).vocab_size == 1024
+    assert QuantizerConfig(kind="simvq", num_codes=300, embed_dim=4).vocab_size == 300
+    residual = QuantizerConfig(kind="residual", num_codes=16, embed_dim=4, depth=3)
+    assert (residual.vocab_size, residual.codes_per_position) == (16, 3)
+    config = VQGANConfig(TINY, QuantizerConfig(kind="fsq", levels=[5, 5, 5], embed_dim=3))
+    assert from_dict(VQGANConfig, to_dict(config)) == config
+
+
+@pytest.mark.parametrize("quantizer, message", [
+    ({"kind": "fsq", "levels": [8, 6, 5], "embed_dim": 4}, r"embed_dim must equal len\(levels\); got embed_dim 4"),
+    ({"kind": "fsq", "embed_dim": 3}, r"quantizer\.levels: kind 'fsq' needs levels"),
+    ({"kind": "fsq", "levels": [2, 8], "embed_dim": 2}, r"each level must be at least 3"),
+    ({"kind": "lfq", "embed_dim": 18}, r"expected at most 16 bits, got 18"),
+    ({"kind": "fsq", "levels": [5, 5], "embed_dim": 2, "ema": True}, r"apply to kinds 'vq' and 'residual'"),
+    ({"kind": "lfq", "embed_dim": 4, "rotation_trick": True}, r"rotation_trick applies to kinds"),
+    ({"kind": "residual", "embed_dim": 4, "depth": 0}, r"quantizer\.depth: expected at least 1"),
+    ({"kind": "residual", "embed_dim": 4, "shared_codebook": True, "ema": True}, r"need one codebook per depth"),
+    ({"kind": "vq", "levels": [5, 5]}, r"levels applies to kind 'fsq' only"),
+])
+def test_bad_quantizer_configs_name_the_key(quantizer, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(VQGANConfig, {"quantizer": quantizer})
+
+
+def test_residual_indices_of_the_wrong_width_are_named():
+    module = quantizer("residual")
+    with pytest.raises(ValueError, match=r"depth 2 needs a width that is a multiple of 2"):
+        module.dequantize(torch.zeros(1, 4, 5, dtype=torch.long))
+
+
+MICRO = [
+    "model.autoencoder.ch=32", "model.autoencoder.ch_mult=[1,2]", "model.autoencoder.num_res_blocks=1",
+    "model.autoencoder.attn_resolutions=[]", "model.autoencoder.z_channels=8", "model.autoencoder.resolution=16",
+    "data.size=16", "data.length=256", "val_data.size=16", "val_data.length=8",
+    "loss.disc_ndf=8", "loss.disc_num_layers=1", "loss.disc_start=1000",
+    "train.batch_size=4", "train.log_every=1", "train.val_every=1000", "train.val_batches=1",
+    "train.image_every=1000", "train.checkpoint_every=1000", "train.steps=30", "train.lr=2e-3",
+    "train.warmup_steps=2",
+]
+
+
+@pytest.mark.parametrize("name", ["fsq", "lfq", "bsq", "simvq", "residual", "vq-rotation"])
+def test_each_kind_trains_with_the_stage_1_trainer(name, tmp_path):
+    overrides = [f"model.quantizer.{key}={value if not isinstance(value, list) else str(value).replace(' ', '')}"
+                 for key, value in {"kind": "vq", **KINDS[name]}.items()]
+    config = load_run_config(ROOT / "configs/vqgan_tiny_cpu.yaml",
+                             MICRO + ["model.quantizer.l2_normalize=false", "model.quantizer.dead_code_threshold=0",
+                                      *overrides])
+    train_vqgan(config, tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    pixel = {r["step"]: r["pixel_loss"] for r in records if "pixel_loss" in r}
+    first, last = sum(pixel[s] for s in range(1, 6)) / 5, sum(pixel[s] for s in range(26, 31)) / 5
+    assert last < 0.8 * first, (first, last)
+    model = tamer.load(tmp_path / "model")
+    assert model.config.quantizer.kind == KINDS[name].get("kind", "vq")
