@@ -109,6 +109,9 @@ def sample_sliding_window(model, condition, num_samples: int, code_shape, settin
     H, W = (int(s) for s in code_shape)
     wh, ww = (int(s) for s in model.config.code_shape)
     B = int(num_samples)
+    if model.config.first_stage.quantizer.codes_per_position > 1:
+        raise ValueError("sliding-window sampling over a residual first stage (several codes per position) is not "
+                         "supported yet; sample at the trained code grid")
     if model.config.token_order != "raster":
         raise ValueError("sliding-window sampling needs raster token order, the model reads "
                          f"{model.config.token_order!r}")

@@ -11,6 +11,9 @@ import tamer
 from tamer.config import ConfigError, from_dict, to_dict
 from tamer.nn.autoencoder import AutoencoderConfig
 from tamer.nn.quantize import QuantizerConfig, build_quantizer
+from tamer.sampling import SamplingSettings
+from tamer.train.transformer_run import load_run_config as load_transformer_config
+from tamer.train.transformer_run import train_transformer
 from tamer.train.vqgan_run import load_run_config, train_vqgan
 from tamer.vqgan import VQGAN, VQGANConfig
 
@@ -125,3 +128,31 @@ def test_each_kind_trains_with_the_stage_1_trainer(name, tmp_path):
     assert last < 0.8 * first, (first, last)
     model = tamer.load(tmp_path / "model")
     assert model.config.quantizer.kind == KINDS[name].get("kind", "vq")
+
+
+@pytest.mark.parametrize("name, vocab, code_shape", [("fsq", 240, (8, 8)), ("lfq", 256, (8, 8)),
+                                                     ("residual", 16, (8, 16))])
+def test_stage_2_vocabulary_and_layout_follow_the_quantizer(name, vocab, code_shape, tmp_path):
+    torch.manual_seed(0)
+    first_stage = VQGAN(VQGANConfig(TINY, QuantizerConfig(**KINDS[name]))).save(tmp_path / "vqgan")
+    overrides = ["model.gpt={n_layer: 1, n_head: 2, n_embd: 32}", "data.size=16", "data.length=64",
+                 "val_data.size=16", "val_data.length=8", "train.batch_size=4", "train.steps=3", "train.log_every=1",
+                 "train.val_every=1000", "train.val_batches=1", "train.image_every=1000", "train.warmup_steps=0",
+                 "train.checkpoint_every=1000", "cache_codes=false", f"first_stage={first_stage}"]
+    config = load_transformer_config(ROOT / "configs/transformer_tiny_class.yaml", overrides)
+    logs = train_transformer(config, tmp_path / "run")
+    assert torch.isfinite(torch.tensor(logs["loss"]))
+    model = tamer.load(tmp_path / "run" / "model")
+    assert model.image_vocab_size == vocab and model.config.gpt.vocab_size == vocab + 10 + 1  # classes + null
+    assert model.config.code_shape == code_shape and model.config.image_size == (16, 16)
+    assert model.config.gpt.block_size == code_shape[0] * code_shape[1]  # 1 class token + the codes - 1
+    images = model.sample(torch.tensor([1, 2]), 2, SamplingSettings(cfg_scale=3.0), seed=0)  # guidance works
+    assert images.shape == (2, 3, 16, 16)
+    codes = model.encode_images(images)
+    assert codes.shape == (2, *code_shape)
+    # Raster order over B×h×(w·depth): position (i, j)'s codes are tokens (i·w + j)·depth + k, coarse to fine (the
+    # per-depth layout itself is checked against vector-quantize-pytorch in test_quantizers_oracle.py).
+    assert torch.equal(model.sequence(codes), codes.flatten(1))
+    if name == "residual":
+        with pytest.raises(ValueError, match="sliding-window sampling over a residual first stage"):
+            model.sample_codes(torch.tensor([1]), 1, code_shape=(10, 20))
