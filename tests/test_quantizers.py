@@ -2,10 +2,14 @@
 training with the stage-1 trainer."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import tamer
 from tamer.config import ConfigError, from_dict, to_dict
@@ -156,3 +160,42 @@ def test_stage_2_vocabulary_and_layout_follow_the_quantizer(name, vocab, code_sh
     if name == "residual":
         with pytest.raises(ValueError, match="sliding-window sampling over a residual first stage"):
             model.sample_codes(torch.tensor([1]), 1, code_shape=(10, 20))
+
+
+def test_two_process_torchrun_matches_one_process_for_every_kind(tmp_path):
+    sys.path.insert(0, str(ROOT / "tests/scripts"))
+    from ddp_quantizers import KINDS, Toy, main
+
+    (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
+    main(tmp_path / "one")  # the whole batch in this process
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    str(ROOT / "tests/scripts/ddp_quantizers.py"), str(tmp_path / "two")],
+                   env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True, timeout=300, capture_output=True)
+    for name in KINDS:
+        one, two = (load_file(tmp_path / run / f"{name}.safetensors") for run in ("one", "two"))
+        torch.manual_seed(0)
+        start = Toy(KINDS[name]).state_dict()
+        assert sorted(one) == sorted(two), name
+        assert not torch.equal(one["encode.weight"], start["encode.weight"]), name  # training moved it
+        # Float rounding (summation order) differs, and LFQ's sharp entropy softmax magnifies it to ~2e-5 in four
+        # steps; the LFQ batch entropy taken per rank instead of over both would be off by ~7e-3.
+        difference = max((two[key] - value).abs().max().item() for key, value in one.items())
+        assert difference < 1e-4, (name, difference)
+
+
+@pytest.mark.slow
+def test_lfq_entropy_through_the_trainer_under_torchrun_matches_one_process(tmp_path):
+    common = ["-m", "tamer.cli", "train", "vqgan", "--config", "configs/vqgan_lfq_cpu.yaml", *MICRO,
+              "model.quantizer.embed_dim=6", "train.steps=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, *common, "train.batch_size=4", "--out", str(tmp_path / "one")], cwd=ROOT, env=env,
+                   check=True, timeout=600, capture_output=True)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *common,
+                    "train.batch_size=2", "--out", str(tmp_path / "two")], cwd=ROOT, env=env, check=True, timeout=600,
+                   capture_output=True)
+    # The logs are the mean over ranks: with the batch entropy taken over both ranks, the quantizer loss of the
+    # first step (same weights) is the one-process loss of the whole batch.
+    one, two = ({r["step"]: r for r in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())
+                 if "quant_loss" in r} for run in ("one", "two"))
+    assert two[1]["quant_loss"] == pytest.approx(one[1]["quant_loss"], rel=1e-5, abs=1e-7)
+    assert two[1]["total_loss"] == pytest.approx(one[1]["total_loss"], rel=1e-5)
