@@ -157,9 +157,6 @@ def test_stage_2_vocabulary_and_layout_follow_the_quantizer(name, vocab, code_sh
     # Raster order over B×h×(w·depth): position (i, j)'s codes are tokens (i·w + j)·depth + k, coarse to fine (the
     # per-depth layout itself is checked against vector-quantize-pytorch in test_quantizers_oracle.py).
     assert torch.equal(model.sequence(codes), codes.flatten(1))
-    if name == "residual":
-        with pytest.raises(ValueError, match="sliding-window sampling over a residual first stage"):
-            model.sample_codes(torch.tensor([1]), 1, code_shape=(10, 20))
 
 
 def test_two_process_torchrun_matches_one_process_for_every_kind(tmp_path):
@@ -199,3 +196,41 @@ def test_lfq_entropy_through_the_trainer_under_torchrun_matches_one_process(tmp_
                  if "quant_loss" in r} for run in ("one", "two"))
     assert two[1]["quant_loss"] == pytest.approx(one[1]["quant_loss"], rel=1e-5, abs=1e-7)
     assert two[1]["total_loss"] == pytest.approx(one[1]["total_loss"], rel=1e-5)
+
+
+@torch.no_grad()
+def test_sliding_window_over_a_residual_stage_moves_by_whole_positions():
+    from tamer import Transformer, TransformerConfig
+    from tamer.sliding_window import sample_sliding_window, window_offset
+
+    depth, window, shape = 2, (4, 8), (6, 12)  # 4×4 positions of 2 codes, sampled on a 6×6-position grid
+    first_stage = {"autoencoder": {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [],
+                                   "resolution": 16, "z_channels": 8},
+                   "quantizer": {"kind": "residual", "num_codes": 16, "embed_dim": 8, "depth": depth}}
+    config = from_dict(TransformerConfig, {
+        "gpt": {"vocab_size": 32, "block_size": 64, "n_layer": 2, "n_head": 2, "n_embd": 32},
+        "first_stage": first_stage, "conditioning": {"kind": "class", "num_classes": 4}, "code_shape": list(window)})
+    torch.manual_seed(0)
+    model = Transformer(config).eval()
+    for name, p in model.transformer.named_parameters():  # spread the logits: no near-ties for greedy choices
+        p.add_(torch.randn_like(p) * (0.3 if name == "pos_emb" else 0.05))
+    model.transformer.tok_emb.weight.mul_(20)
+    model.transformer.head.weight.mul_(20)
+    labels = torch.tensor([1, 3])
+    grid = sample_sliding_window(model, labels, 2, shape, SamplingSettings(top_k=1), seed=0, progress=False)
+
+    # The reference: a full forward over the window of every token, the window placed by whole positions.
+    cond = model.condition_tokens(labels, 2).reshape(2, -1)
+    (H, W), (wh, ww) = shape, window
+    expected = torch.zeros(2, H, W, dtype=torch.long)
+    for i in range(H):
+        for j in range(W):
+            i0, j0 = window_offset(i, H, wh), depth * window_offset(j // depth, W // depth, ww // depth)
+            patch = expected[:, i0:i0 + wh, j0:j0 + ww].reshape(2, -1)
+            logits, _ = model.transformer(torch.cat((cond, patch), 1)[:, :-1])
+            place = (i - i0) * ww + (j - j0)
+            expected[:, i, j] = logits[:, cond.shape[1] - 1 + place, :16].argmax(-1)
+    assert torch.equal(grid, expected)
+    assert model.sample(labels, 2, SamplingSettings(top_k=1), seed=0, code_shape=shape).shape == (2, 3, 12, 12)  # f2
+    with pytest.raises(ValueError, match="grid width must be a multiple of 2"):
+        sample_sliding_window(model, labels, 2, (6, 11), progress=False)
