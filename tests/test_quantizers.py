@@ -3,6 +3,7 @@ training with the stage-1 trainer."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -234,3 +235,23 @@ def test_sliding_window_over_a_residual_stage_moves_by_whole_positions():
     assert model.sample(labels, 2, SamplingSettings(top_k=1), seed=0, code_shape=shape).shape == (2, 3, 12, 12)  # f2
     with pytest.raises(ValueError, match="grid width must be a multiple of 2"):
         sample_sliding_window(model, labels, 2, (6, 11), progress=False)
+
+
+@pytest.mark.parametrize("name", ["fsq", "lfq", "simvq", "residual-ema"])
+def test_resume_from_a_checkpoint_follows_the_same_trajectory(name, tmp_path):
+    options = KINDS.get(name) or dict(kind="residual", num_codes=16, embed_dim=8, depth=2, ema=True, ema_decay=0.8,
+                                      dead_code_threshold=2)
+    overrides = [f"model.quantizer.{key}={str(value).replace(' ', '')}"
+                 for key, value in {"kind": "vq", **options}.items()]
+    config = load_run_config(ROOT / "configs/vqgan_tiny_cpu.yaml", MICRO + [
+        "model.quantizer.l2_normalize=false", "model.quantizer.dead_code_threshold=0", *overrides, "train.steps=6",
+        "train.checkpoint_every=3", "train.schedule=constant", "loss.disc_start=2", "loss.disc_warmup_steps=1"])
+    train_vqgan(config, tmp_path / "straight")
+    train_vqgan(config, tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step-00000006")  # as if killed before step 6's checkpoint
+    train_vqgan(config, tmp_path / "resumed", resume=True)
+    logged = [r["step"] for r in map(json.loads, (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines())
+              if "total_loss" in r]
+    assert logged == [1, 2, 3, 4, 5, 6, 4, 5, 6]  # it did go on from step 3's checkpoint
+    a, b = tamer.load(tmp_path / "straight" / "model"), tamer.load(tmp_path / "resumed" / "model")
+    assert all(torch.allclose(b.state_dict()[k], v, atol=1e-7) for k, v in a.state_dict().items())
