@@ -173,7 +173,8 @@ class Quantizer(nn.Module):
         if unknown.any():
             unknown_index = self.config.unknown_index
             if unknown_index == "random":
-                remapped[unknown] = torch.randint(0, self.config.vocab_size, (int(unknown.sum()),), device=indices.device)
+                remapped[unknown] = torch.randint(0, self.config.vocab_size, (int(unknown.sum()),),
+                                                  device=indices.device)
             else:
                 remapped[unknown] = self.used.shape[0] if unknown_index == "extra" else unknown_index
         return remapped
@@ -197,7 +198,8 @@ class Quantizer(nn.Module):
             raise ValueError(f"indices: expected shape B×h×w, got {tuple(indices.shape)}")
         vocab = self.config.vocab_size
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= vocab):
-            raise ValueError(f"indices: values must lie in [0, {vocab}), got [{int(indices.min())}, {int(indices.max())}]")
+            raise ValueError(f"indices: values must lie in [0, {vocab}), got "
+                             f"[{int(indices.min())}, {int(indices.max())}]")
 
     def dequantize(self, indices: torch.Tensor) -> torch.Tensor:
         """Indices ``B×h×w`` -> latents ``B×D×h×w``."""
