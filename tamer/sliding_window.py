@@ -103,6 +103,10 @@ def sample_sliding_window(model, condition, num_samples: int, code_shape, settin
     ``W - ww + 1`` of a row band are used; each holds ``2·n_layer·rows·(L + wh·ww - 1)·n_embd`` numbers, rows =
     samples, twice that under guidance); the default keeps as many as fit in :data:`CACHE_BYTES` (4 GiB). Fewer
     save memory and cost recomputation, never a different result.
+
+    A residual first stage (``depth`` codes per position side by side along the width) moves its windows by whole
+    positions: a window's first column is ``depth × window_offset`` of the position, so it never splits the codes
+    of one position, and ``(W - ww) / depth + 1`` windows share a row band.
     """
     settings = settings or SamplingSettings()
     gpt: GPT = model.transformer
@@ -114,6 +118,10 @@ def sample_sliding_window(model, condition, num_samples: int, code_shape, settin
                          f"{model.config.token_order!r}")
     if H < wh or W < ww:
         raise ValueError(f"sliding-window sampling: the grid {H}×{W} is smaller than the model's window {wh}×{ww}")
+    step = model.config.first_stage.quantizer.codes_per_position  # a residual stage's codes of one position
+    if W % step:
+        raise ValueError(f"sliding-window sampling: the first stage has {step} codes per position, so the grid width "
+                         f"must be a multiple of {step}, got {H}×{W}")
     if max_cached_windows is not None and max_cached_windows < 1:
         raise ValueError(f"max_cached_windows: expected a positive number or None, got {max_cached_windows}")
 
@@ -158,16 +166,20 @@ def sample_sliding_window(model, condition, num_samples: int, code_shape, settin
         raise ValueError(f"init_codes/prefix: codes must lie in 0..{vocab - 1}")
     seeds = seed_rows(seed, B, device)
 
-    slots = W - ww + 1
+    def column_offset(j: int) -> int:
+        """The window's first column for column ``j``: whole positions, so a window never splits one's codes."""
+        return step * window_offset(j // step, W // step, ww // step)
+
+    slots = (W - ww) // step + 1  # window columns j0 = 0, step, 2·step, ...; slot c holds j0 = c·step
     if max_cached_windows is None:
         c = gpt.config
         window_bytes = 2 * c.n_layer * R * needed * c.n_embd * gpt.pos_emb.element_size()
         max_cached_windows = max(1, CACHE_BYTES // window_bytes)
     capacity = min(slots, max_cached_windows)
     caches = _WindowCaches(gpt, capacity, R, needed, device, gpt.pos_emb.dtype)
-    # Window column j0 lives in slot j0 when all fit; otherwise the first capacity-1 columns keep their slots and
+    # Window column c lives in slot c when all fit; otherwise the first capacity-1 columns keep their slots and
     # the others share the last one (a cyclic access pattern: evicting the most recent use loses least).
-    slot_of = [min(j0, capacity - 1) for j0 in range(slots)]
+    slot_of = [min(c, capacity - 1) for c in range(slots)]
     owner = [-1] * capacity
 
     def window_tokens(i0: int, j0: int, stop: int) -> torch.Tensor:
@@ -197,19 +209,20 @@ def sample_sliding_window(model, condition, num_samples: int, code_shape, settin
                 band = i0
                 known = L + (i - i0) * ww - 1
                 if known >= max(1, gpt.config.n_unmasked):
-                    own = [j0 for j0 in range(window_offset(j, W, ww), slots)
-                           if capacity == slots or j0 < capacity - 1]
+                    own = [c for c in range(column_offset(j) // step, slots)
+                           if capacity == slots or c < capacity - 1]
                     per_call = max(1, _BATCH_ROWS // R)
                     for n in range(0, len(own), per_call):
                         group = own[n:n + per_call]
-                        tokens = torch.cat([window_tokens(i0, j0, known) for j0 in group])
+                        tokens = torch.cat([window_tokens(i0, c * step, known) for c in group])
                         _extend(gpt, *caches.view(group[0], group[-1]), tokens, 0, logits=False)
-                        for j0 in group:
-                            caches.band[j0], caches.filled[j0], owner[j0] = i0, known, j0
-            j0 = window_offset(j, W, ww)
-            s = slot_of[j0]
-            if caches.band[s] != i0 or owner[s] != j0:
-                caches.band[s], caches.filled[s], owner[s] = i0, 0, j0
+                        for c in group:
+                            caches.band[c], caches.filled[c], owner[c] = i0, known, c
+            j0 = column_offset(j)
+            c = j0 // step
+            s = slot_of[c]
+            if caches.band[s] != i0 or owner[s] != c:
+                caches.band[s], caches.filled[s], owner[s] = i0, 0, c
             stop = L + (i - i0) * ww + (j - j0)  # the window place of (i, j) is stop - L; its logits sit at stop - 1
             start = caches.filled[s]
             if start >= stop:

@@ -28,7 +28,8 @@ class TransformerConfig:
     gpt: GPTConfig = field(default_factory=GPTConfig)
     first_stage: VQGANConfig = field(default_factory=VQGANConfig)
     conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
-    # The code grid the model is trained on (image size / downsampling factor).
+    # The code grid the model is trained on (image size / downsampling factor; a residual first stage's width holds
+    # its depth codes per position side by side, so each position's codes come together in raster order).
     code_shape: tuple[int, int] = (16, 16)
     token_order: TokenOrderName = "raster"
 
@@ -36,6 +37,13 @@ class TransformerConfig:
         h, w = self.code_shape
         if h < 1 or w < 1:
             raise ValueError(f"code_shape: expected positive sides, got {self.code_shape}")
+        per_position = self.first_stage.quantizer.codes_per_position
+        if w % per_position:
+            raise ValueError(f"code_shape: the first stage has {per_position} codes per position, so the width must "
+                             f"be a multiple of {per_position}, got {self.code_shape}")
+        if per_position > 1 and self.token_order != "raster":
+            raise ValueError(f"token_order: a residual first stage keeps each position's codes together, which "
+                             f"only 'raster' does, got {self.token_order!r}")
         image_vocab = self.first_stage.vocab_size
         offset = image_vocab if self.conditioning.token_offset is None else self.conditioning.token_offset
         needed = max(image_vocab, offset + self.conditioning.stage_vocab_size + int(self.conditioning.classifier_free))
@@ -46,7 +54,7 @@ class TransformerConfig:
     @property
     def image_size(self) -> tuple[int, int]:
         f = self.first_stage.downsample_factor
-        return self.code_shape[0] * f, self.code_shape[1] * f
+        return self.code_shape[0] * f, self.code_shape[1] // self.first_stage.quantizer.codes_per_position * f
 
 
 class Transformer(nn.Module, Pretrained):

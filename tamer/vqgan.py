@@ -82,11 +82,14 @@ class VQGAN(nn.Module, Pretrained):
         return self.eval().to(memory_format=torch.channels_last)
 
     def code_shape(self, height: int, width: int) -> tuple[int, int]:
-        """The code grid of an image of this size; raises if a side is not a multiple of the factor."""
+        """The code grid of an image of this size; raises if a side is not a multiple of the factor.
+
+        A residual quantizer's ``depth`` codes per position sit side by side along the width (``h×(w·depth)``).
+        """
         f = self.downsample_factor
         if height % f or width % f:
             raise ValueError(f"image size {height}×{width} is not a multiple of the downsampling factor {f}")
-        return height // f, width // f
+        return height // f, width // f * self.config.quantizer.codes_per_position
 
     def _check_images(self, images: torch.Tensor) -> None:
         channels = self.config.autoencoder.in_channels

@@ -79,8 +79,9 @@ def test_checkpoint_errors_name_the_file(tmp_path):
 def test_config_validation_names_key_and_value():
     with pytest.raises(ConfigError, match=r"autoencoder\.ch_mult\[1\]: expected an integer, got 'two'"):
         from_dict(VQGANConfig, {"autoencoder": {"ch_mult": [1, "two"]}})
-    with pytest.raises(ConfigError, match=r"quantizer\.kind: expected one of 'vq', 'gumbel', got 'lfq'"):
-        from_dict(VQGANConfig, {"quantizer": {"kind": "lfq"}})
+    with pytest.raises(ConfigError, match=r"quantizer\.kind: expected one of 'vq', 'gumbel', 'fsq', 'lfq', 'simvq', "
+                                          r"'residual', got 'bsq'"):
+        from_dict(VQGANConfig, {"quantizer": {"kind": "bsq"}})
     config = VQGANConfig(TINY, QuantizerConfig(num_codes=7))
     assert from_dict(VQGANConfig, to_dict(config)) == config
 

@@ -130,10 +130,11 @@ def _side(data: DataConfig) -> int:
     return data.crop or data.size
 
 
-def _grid(side: int, factor: int, key: str, what: str) -> tuple[int, int]:
+def _grid(side: int, factor: int, key: str, what: str, codes_per_position: int = 1) -> tuple[int, int]:
+    """The code grid of a square side; a residual stage's codes per position sit side by side along the width."""
     if side % factor:
         raise ConfigError(f"{key}: {side} pixels is not a multiple of {what}'s downsampling factor {factor}")
-    return side // factor, side // factor
+    return side // factor, side // factor * codes_per_position
 
 
 def derive_config(config: TransformerRunConfig, first_stage: VQGANConfig, cond_stage: VQGANConfig | None,
@@ -141,7 +142,8 @@ def derive_config(config: TransformerRunConfig, first_stage: VQGANConfig, cond_s
     """The :class:`TransformerConfig` a run config means, given its stages and the data's number of classes."""
     side = _side(config.data)
     size_key = "data.crop" if config.data.crop else "data.size"
-    code_shape = _grid(side, first_stage.downsample_factor, size_key, "the first stage")
+    code_shape = _grid(side, first_stage.downsample_factor, size_key, "the first stage",
+                       first_stage.quantizer.codes_per_position)
     given_classes = config.model.conditioning.get("num_classes")
     conditioning = config.model.conditioning_config(num_classes=given_classes or num_classes, stage=cond_stage)
     if conditioning.kind == "class" and num_classes is not None and conditioning.num_classes < num_classes:
@@ -153,7 +155,8 @@ def derive_config(config: TransformerRunConfig, first_stage: VQGANConfig, cond_s
     elif conditioning.kind == "spatial":
         cond_side = conditioning.downsample_size if conditioning.downsample_size > 0 else side
         key = "model.conditioning.downsample_size" if conditioning.downsample_size > 0 else size_key
-        h, w = _grid(cond_side, cond_stage.downsample_factor, key, "the condition stage")
+        h, w = _grid(cond_side, cond_stage.downsample_factor, key, "the condition stage",
+                     cond_stage.quantizer.codes_per_position)
         cond_length = h * w
     else:  # coord
         h, w = _grid(side, conditioning.coord_factor, "model.conditioning.coord_factor", "the coordinate map")
