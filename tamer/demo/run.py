@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.procedural import NUM_SEGMENTATION_LABELS, ProceduralShapes
+from ..data.procedural import ProceduralShapes
 from ..devices import resolve_device
 from ..metrics.shape_classifier import judge_class_samples, render_training_scenes, train_shape_classifier
 from ..metrics.shape_segmenter import judge_segmentation_samples, train_shape_segmenter
@@ -36,8 +36,8 @@ class DemoPlan:
     seg_steps: int = 400
     transformer_batch: int = 32
     transformer_width: int = 128  # the presets' 192 costs twice the time for little gain at this size
-    judge_steps: int = 600  # each judge (classifier, segmenter)
-    judge_images: int = 4000  # real scenes both judges learn from
+    judge_steps: int = 800  # each judge (classifier, segmenter); 400 steps on 3000 scenes left the classifier at 67%
+    judge_images: int = 8000  # real scenes both judges learn from
     samples_per_class: int = 8
     seg_maps: int = 24  # held-out maps the segmentation-conditional samples are drawn from
     samples_per_map: int = 2
@@ -60,7 +60,7 @@ SCENE = {"max_distractors": 0, "plain": True}
 #: held-out items are drawn with another seed than the training items
 HELD_OUT_SEED = 12345
 TOP_K = 40
-CFG_SCALE = 3.0
+CFG_SCALE = 5.0  # make class-proof: 44-45.5% of samples named at 5, 39-40% at 3
 
 
 class Stopwatch:
@@ -207,5 +207,5 @@ def _class_figures(judged) -> dict:
 @torch.no_grad()
 def _label_accuracy(model, maps: torch.Tensor) -> float:
     """The share of map pixels the condition VQGAN gives back (what the transformer is actually shown)."""
-    seen = model.cond_stage_model.decode(model.condition_tokens(maps, len(maps))).float().cpu()
-    return (seen.argmax(1) == maps).float().mean().item() if seen.shape[1] == NUM_SEGMENTATION_LABELS else float("nan")
+    seen = model.cond_stage_model.decode_labels(model.condition_tokens(maps, len(maps))).cpu()
+    return (seen == maps).float().mean().item()
