@@ -97,13 +97,12 @@ seed = _argparse_type(check_seed)
 finite_float = _argparse_type(check_number)
 
 
-def positive_float(text: str) -> float:
-    return _argparse_type(check_number, 0.0, None, True)(text)
+positive_float = _argparse_type(check_number, 0.0, None, True)
 
 
 # -- image sizes -----------------------------------------------------------------------------------------------
 def set_max_pixels(pixels: int) -> None:
-    """Raise (or lower) both pixel limits to ``pixels`` for this process (``--max-pixels``)."""
+    """``--max-pixels``: the per-image model limit becomes ``pixels``, the file limit at least that, for this process."""
     global MAX_IMAGE_PIXELS, MAX_MODEL_PIXELS
     check_count("--max-pixels", pixels)
     MAX_MODEL_PIXELS = pixels
