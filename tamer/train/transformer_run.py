@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..guards import prepare_run_folder
 from ..checkpoints import load
 from ..conditioning import ConditioningConfig
 from ..config import ConfigError, from_dict, merge, parse_overrides, read_yaml, to_dict
@@ -250,7 +251,9 @@ def coded_dataset(config: TransformerRunConfig, data: DataConfig, model: Transfo
     return dataset
 
 
-def train_transformer(config: TransformerRunConfig, run_dir: str | Path, resume: bool = False) -> dict[str, float]:
+def train_transformer(config: TransformerRunConfig, run_dir: str | Path, resume: bool = False,
+                      overwrite: bool = False) -> dict[str, float]:
+    prepare_run_folder(run_dir, resume, overwrite)  # before any work: a new run never lands in an old one
     run_dir = Path(run_dir)
     context = setup(config.train.device)
     try:
