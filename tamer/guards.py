@@ -113,8 +113,8 @@ def set_max_pixels(pixels: int) -> None:
 def check_image_pixels(width: int, height: int, source: str) -> None:
     """An image file's header: refuse one too large to decode before its pixels are allocated."""
     if width * height > MAX_IMAGE_PIXELS:
-        raise InputError(f"{source}: {width}×{height} image ({width * height / 1e6:.1f}M pixels) is over the limit "
-                         f"of {MAX_IMAGE_PIXELS / 1e6:.1f}M pixels; pass --max-pixels {width * height} (or set "
+        raise InputError(f"{source}: {width}×{height} image ({width * height / 1e6:.1f}M pixels) is over the pixel "
+                         f"limit of {MAX_IMAGE_PIXELS / 1e6:.1f}M pixels; pass --max-pixels {width * height} (or set "
                          "TAMER_MAX_PIXELS) to read it anyway")
 
 
@@ -148,11 +148,11 @@ def check_output_file(out: Path, inputs: Iterable[Path] = (), flag: str = "--out
     out = Path(out)
     if out.is_dir():
         raise InputError(f"{flag} {out}: is a folder; expected a file name (e.g. {out / ('result' + (suffix or ''))})")
-    if suffix is not None and out.suffix != suffix:
-        raise InputError(f"{flag} {out}: expected a {suffix} file name")
     for path in inputs:
         if Path(path).exists() and out.exists() and _same(Path(path), out):
             raise InputError(f"{flag} {out}: is also an input; choose another file name")
+    if suffix is not None and out.suffix != suffix:
+        raise InputError(f"{flag} {out}: expected a {suffix} file name")
     parent = next((p for p in (out.absolute(), *out.absolute().parents) if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise InputError(f"{flag} {out}: {parent} is a file, so the folder cannot be created")

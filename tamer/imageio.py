@@ -41,8 +41,9 @@ def open_image(path: str | Path) -> Image.Image:
         raise ImageError(f"{path}: not an image (or a format Pillow cannot read)") from None
     except InputError as error:
         raise ImageError(str(error)) from None
-    except Image.DecompressionBombError as error:
-        raise ImageError(f"{path}: refused by Pillow as a decompression bomb ({error})") from None
+    except Image.DecompressionBombError as error:  # Pillow's own check, for headers far over ours
+        raise ImageError(f"{path}: image over the pixel limit ({error}); pass --max-pixels N (or set "
+                         "TAMER_MAX_PIXELS) to read it anyway") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageError(f"{path}: corrupt or truncated image ({error})") from None
 

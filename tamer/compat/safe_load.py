@@ -133,7 +133,9 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
     except (ValueError, RuntimeError, KeyError, EOFError, OSError) as error:
-        raise UnsafeCheckpointError(f"{path}: cannot be read safely ({error}); original error: {first_error}") from None
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason}); it may be truncated or not a "
+                              "checkpoint at all") from None
     unsafe = [name for name in names if not _is_inert(name)]
     if unsafe:
         raise UnsafeCheckpointError(
