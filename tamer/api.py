@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoints import load
-from .guards import InputError, check_count, check_model_pixels
 from .devices import resolve_device  # noqa: F401  (part of this module's API)
+from .guards import InputError, check_count, check_model_pixels
 from .imageio import FitMode, fit_to_multiple, read_image, save_image  # noqa: F401  (save_image re-exported)
 from .metrics.image import psnr
 from .vqgan import VQGAN

@@ -37,9 +37,11 @@ def add_eval_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
     sub.add_argument("--config", help="project.yaml of a CompVis .ckpt (found beside it when omitted)")
     sub.add_argument("--data", required=True,
                      help="an image folder, 'procedural' (the built-in shapes), or a YAML file holding a data config")
-    sub.add_argument("--size", type=guards.positive_int, help="image side: shorter side resized, then centre-cropped square "
+    sub.add_argument("--size", type=guards.positive_int,
+                     help="image side: shorter side resized, then centre-cropped square "
                                               "(default: the model's training resolution)")
-    sub.add_argument("--limit", type=guards.positive_int, help="evaluate the first N images only (procedural: draw N; default "
+    sub.add_argument("--limit", type=guards.positive_int,
+                     help="evaluate the first N images only (procedural: draw N; default "
                                                f"{PROCEDURAL_EVAL_LENGTH})")
     sub.add_argument("--seed", type=guards.seed, default=PROCEDURAL_EVAL_SEED,
                      help=f"seed of the procedural data (default {PROCEDURAL_EVAL_SEED}, held out from training)")
@@ -58,14 +60,17 @@ def add_eval_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
     sub.add_argument("--data", required=True,
                      help="an image folder, 'procedural' (the built-in shapes), or a YAML file holding a data config "
                           "(conditional models need items with their condition: kind classes, pairs or procedural)")
-    sub.add_argument("--size", type=guards.positive_int, help="image side (default and only choice: the model's training size)")
-    sub.add_argument("--limit", type=guards.positive_int, help="evaluate the first N images only (procedural: draw N; default "
+    sub.add_argument("--size", type=guards.positive_int,
+                     help="image side (default and only choice: the model's training size)")
+    sub.add_argument("--limit", type=guards.positive_int,
+                     help="evaluate the first N images only (procedural: draw N; default "
                                                f"{PROCEDURAL_EVAL_LENGTH})")
     sub.add_argument("--seed", type=guards.seed, default=PROCEDURAL_EVAL_SEED,
                      help=f"seed of the procedural data (default {PROCEDURAL_EVAL_SEED}, held out from training)")
     sub.add_argument("--image-key", default="image", help="which entry of a data item is the image (default image)")
     sub.add_argument("--batch-size", type=guards.positive_int, default=16, help="default 16")
-    sub.add_argument("--workers", type=guards.non_negative_int, default=0, help="DataLoader workers decoding images (default 0)")
+    sub.add_argument("--workers", type=guards.non_negative_int,
+                     default=0, help="DataLoader workers decoding images (default 0)")
     sub.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     sub.add_argument("--out", type=Path, help="save results as JSON here")
 
@@ -100,11 +105,15 @@ def add_eval_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
     sub.add_argument("--max-distractors", type=guards.non_negative_int, default=4,
                      help="data.max_distractors of the model's training data (default 4, the dataset's)")
     sub.add_argument("-n", "--samples-per-class", type=guards.positive_int, default=20, help="default 20")
-    sub.add_argument("--cfg-scale", type=guards.finite_float, nargs="+", default=[1.0], help="guidance scales (default 1)")
+    sub.add_argument("--cfg-scale", type=guards.finite_float,
+                     nargs="+", default=[1.0], help="guidance scales (default 1)")
     sub.add_argument("--top-k", type=guards.positive_int, default=40, help="default 40")
-    sub.add_argument("--judge-steps", type=guards.positive_int, default=800, help="classifier training steps (default 800)")
-    sub.add_argument("--judge-images", type=guards.positive_int, default=8000, help="real scenes it trains on (default 8000)")
-    sub.add_argument("--limit", type=guards.positive_int, default=512, help="held-out scenes for its own accuracy (default 512)")
+    sub.add_argument("--judge-steps", type=guards.positive_int,
+                     default=800, help="classifier training steps (default 800)")
+    sub.add_argument("--judge-images", type=guards.positive_int,
+                     default=8000, help="real scenes it trains on (default 8000)")
+    sub.add_argument("--limit", type=guards.positive_int,
+                     default=512, help="held-out scenes for its own accuracy (default 512)")
     sub.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     sub.add_argument("--out", type=Path, help="save results as JSON here")
     return evaluate
@@ -119,7 +128,8 @@ def _common_options(sub: argparse.ArgumentParser, batch_size: int, out_help: str
                      help="a torchvision classifier standing in for Inception (e.g. resnet50=/w/resnet50.pth); "
                           "results are then named FD_ARCH, KD_ARCH, ... instead of FID, KID")
     sub.add_argument("--batch-size", type=guards.positive_int, default=batch_size, help=f"default {batch_size}")
-    sub.add_argument("--workers", type=guards.non_negative_int, default=0, help="DataLoader workers decoding images (default 0)")
+    sub.add_argument("--workers", type=guards.non_negative_int,
+                     default=0, help="DataLoader workers decoding images (default 0)")
     sub.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     sub.add_argument("--out", type=Path, required=out_required, help=out_help)
 

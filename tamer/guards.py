@@ -102,7 +102,7 @@ positive_float = _argparse_type(check_number, 0.0, None, True)
 
 # -- image sizes -----------------------------------------------------------------------------------------------
 def set_max_pixels(pixels: int) -> None:
-    """``--max-pixels``: the per-image model limit becomes ``pixels``, the file limit at least that, for this process."""
+    """``--max-pixels``: the per-image model limit becomes ``pixels`` and the file limit at least that."""
     global MAX_IMAGE_PIXELS, MAX_MODEL_PIXELS
     check_count("--max-pixels", pixels)
     MAX_MODEL_PIXELS = pixels

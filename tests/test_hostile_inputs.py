@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
+from test_transformer import CLASS, make_model
 
 import tamer.guards as guards
 from tamer.cli import main
@@ -28,16 +28,15 @@ from tamer.nn.quantize import QuantizerConfig
 from tamer.train import checkpointing as ckpt
 from tamer.vqgan import VQGAN, VQGANConfig
 
-from test_transformer import CLASS, make_model
-
 ROOT = Path(__file__).resolve().parents[1]
 TAMING_YAML = ROOT / "tests/data/taming/vqgan_imagenet_f16_1024.yaml"
 
 
 # -- fixtures: micro models and a folder of inputs ------------------------------------------------------------
 def micro_vqgan() -> VQGAN:
-    return VQGAN(VQGANConfig(AutoencoderConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
-                                               z_channels=8, resolution=16), QuantizerConfig(num_codes=32, embed_dim=8)))
+    autoencoder = AutoencoderConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), z_channels=8,
+                                    resolution=16)
+    return VQGAN(VQGANConfig(autoencoder, QuantizerConfig(num_codes=32, embed_dim=8)))
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +117,11 @@ NUMBER_CASES = [
 ]
 
 
-@pytest.mark.parametrize("argv, option", NUMBER_CASES, ids=[f"{a[0]}{' ' + a[1] if a[0] == 'eval' else ''} {a[-2]}={a[-1]}"
-                                                             for a, _ in NUMBER_CASES])
+def case_id(argv: list[str]) -> str:
+    return f"{argv[0]}{' ' + argv[1] if argv[0] == 'eval' else ''} {argv[-2]}={argv[-1]}"
+
+
+@pytest.mark.parametrize("argv, option", NUMBER_CASES, ids=[case_id(argv) for argv, _ in NUMBER_CASES])
 def test_numbers_out_of_range_are_refused_by_name(argv, option, models, inputs, tmp_path, capsys):
     names = {"t": models / "transformer", "v": models / "vqgan", "x": inputs / "x.png", "codes": inputs / "codes.npy",
              "in": inputs}
@@ -255,7 +257,8 @@ def test_the_pixel_limit_and_its_override(models, inputs, tmp_path, capsys):
 def test_same_base_names_get_distinct_outputs(models, inputs, tmp_path, capsys):
     sources = [inputs / "x.png", inputs / "b" / "x.png", inputs / "x.jpg"]
     before = snapshot(inputs)
-    assert main(["reconstruct", "--model", str(models / "vqgan"), *map(str, sources), "--out", str(tmp_path / "o")]) == 0
+    assert main(["reconstruct", "--model", str(models / "vqgan"), *map(str, sources),
+                 "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["x-2.png", "x-3.png", "x.png"]
     assert f"{inputs / 'b' / 'x.png'}: another input has the same name, written as x-2.png" in out
@@ -442,7 +445,7 @@ def test_bad_code_files_are_named(kind, models, tmp_path, capsys):
     assert message in err
 
 
-# -- training runs ------------------------------------------------------------------------------------------------------
+# -- training runs ------------------------------------------------------------------------------------------------
 MICRO = ["model.autoencoder.ch=32", "model.autoencoder.ch_mult=[1,2]", "model.autoencoder.num_res_blocks=1",
          "model.autoencoder.attn_resolutions=[]", "model.autoencoder.z_channels=8", "model.autoencoder.resolution=16",
          "model.quantizer.num_codes=32", "model.quantizer.embed_dim=8", "data.size=16", "data.length=64",

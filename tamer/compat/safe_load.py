@@ -128,8 +128,8 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
     _check_file(path)
     try:
         return _torch_load(path, map_location)
-    except pickle.UnpicklingError as error:
-        first_error = error
+    except pickle.UnpicklingError:
+        pass  # it names a global: find out whether that one is inert
     try:
         names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
     except (ValueError, RuntimeError, KeyError, EOFError, OSError) as error:

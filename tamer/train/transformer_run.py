@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from ..guards import prepare_run_folder
 from ..checkpoints import load
 from ..conditioning import ConditioningConfig
 from ..config import ConfigError, from_dict, merge, parse_overrides, read_yaml, to_dict
 from ..data import DataConfig, build_dataset
 from ..data.codes import cached_codes, encode_dataset, fingerprint
+from ..guards import prepare_run_folder
 from ..nn.gpt import GPTConfig
 from ..token_order import TokenOrderName
 from ..transformer import Transformer, TransformerConfig

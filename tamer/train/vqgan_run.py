@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
-from ..guards import prepare_run_folder
 from ..checkpoints import load, load_state_dict_strict
 from ..compat.taming import read_taming_checkpoint, submodule_state
 from ..config import ConfigError, from_dict, merge, parse_overrides, read_yaml, to_dict
 from ..data import DataConfig, build_dataset
+from ..guards import prepare_run_folder
 from ..losses import VQGANLoss, VQGANLossConfig
 from ..nn.perceptual import lpips_from_compvis, lpips_unavailable_reason
 from ..vqgan import VQGAN, VQGANConfig
