@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="instead: put the photos bundled with scikit-image through the VQGAN given by --model")
     sub.add_argument("--model", help="with --photos: a tamer VQGAN or CompVis .ckpt (default: untrained)")
     sub.add_argument("--config", help="with --photos: project.yaml of a CompVis .ckpt")
-    sub.add_argument("--size", type=int, default=256, help="with --photos: shorter side in pixels (default 256)")
+    sub.add_argument("--size", type=guards.positive_int, default=256,
+                     help="with --photos: shorter side in pixels (default 256)")
     return parser
 
 
