@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from .checkpoints import load
 from .devices import resolve_device  # noqa: F401  (part of this module's API)
+from .guards import InputError, check_count, check_model_pixels
 from .imageio import FitMode, fit_to_multiple, read_image, save_image  # noqa: F401  (save_image re-exported)
 from .metrics.image import psnr
 from .vqgan import VQGAN
@@ -33,20 +34,36 @@ def read_images(paths: Sequence[str | Path], model: VQGAN, size: int | None = No
 
     Every conversion is reported through ``report`` with the file's name.
     """
+    require_vqgan(model)
+    if size is not None:
+        check_count("--size", size)
     images, names = [], []
     for path in paths:
         image, notes = read_image(path, channels=model.config.autoencoder.in_channels)
         if size is not None:
+            h, w = image.shape[-2:]
+            check_model_pixels(round(h * size / min(h, w)), round(w * size / min(h, w)), f"{path} at --size {size}")
             image = resize_shorter_side(image, size)
         image, fitted = fit_to_multiple(image, model.downsample_factor, fit)
         if fitted:
             notes.append(f"{path}: {fitted} (sides must be multiples of {model.downsample_factor})")
+        check_model_pixels(*image.shape[-2:], str(path))
         for note in notes:
             if report:
                 report(note)
         images.append(image)
         names.append(str(path))
     return images, names
+
+
+def require_vqgan(model, source: str | Path | None = None) -> VQGAN:
+    """``model`` itself if it is a VQGAN; a transformer or classifier is refused by name (they do not encode)."""
+    if not isinstance(model, VQGAN):
+        source = source or getattr(model, "source", None) or "the model"
+        hint = " (a transformer's VQGAN is its first_stage_model)" if hasattr(model, "first_stage_model") else ""
+        raise InputError(f"{source}: holds a {type(model).__name__}; images are encoded and decoded by a "
+                         f"VQGAN{hint}")
+    return model
 
 
 def resize_shorter_side(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -71,6 +88,8 @@ def _batches_by_size(images: Sequence[torch.Tensor], batch_size: int):
 @torch.inference_mode()
 def reconstruct_images(model: VQGAN, images: Sequence[torch.Tensor], batch_size: int = 4):
     """``[(reconstruction, psnr_db), ...]`` in the order of ``images`` (sizes may differ)."""
+    require_vqgan(model)
+    check_count("batch_size", batch_size)
     device = model_device(model)
     results: list = [None] * len(images)
     for indices in _batches_by_size(images, batch_size):
@@ -84,6 +103,8 @@ def reconstruct_images(model: VQGAN, images: Sequence[torch.Tensor], batch_size:
 @torch.inference_mode()
 def encode_images(model: VQGAN, images: Sequence[torch.Tensor], batch_size: int = 4) -> torch.Tensor:
     """Code indices ``N×h×w`` for images of one size."""
+    require_vqgan(model)
+    check_count("batch_size", batch_size)
     sizes = {tuple(image.shape[-2:]) for image in images}
     if len(sizes) > 1:
         raise ValueError(f"images have different sizes {sorted(sizes)}; pass --size (and --fit) to make them equal")
@@ -95,6 +116,8 @@ def encode_images(model: VQGAN, images: Sequence[torch.Tensor], batch_size: int 
 
 @torch.inference_mode()
 def decode_codes(model: VQGAN, codes: torch.Tensor, batch_size: int = 4) -> torch.Tensor:
+    require_vqgan(model)
+    check_count("batch_size", batch_size)
     device = model_device(model)
     return torch.cat([model.decode(codes[i:i + batch_size].to(device)).clamp(-1, 1).cpu()
                       for i in range(0, len(codes), batch_size)])
@@ -109,16 +132,28 @@ def save_codes(codes: torch.Tensor, path: str | Path) -> Path:
 
 
 def load_codes(path: str | Path, model: VQGAN) -> torch.Tensor:
-    """An ``N×h×w`` (or ``h×w``) integer array checked against the model's vocabulary."""
+    """An ``N×h×w`` (or ``h×w``) integer array checked against the model's vocabulary and the pixel limit."""
     path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file" if not path.exists() else f"{path}: is a folder, expected a .npy")
     try:
         array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as error:
-        raise ValueError(f"{path}: not a .npy array of codes ({error})") from None
+    except (ValueError, OSError, EOFError) as error:
+        raise InputError(f"{path}: not a .npy array of codes ({error or 'empty file'})") from None
+    if isinstance(array, np.lib.npyio.NpzFile):
+        names = list(array.files)
+        array.close()
+        raise InputError(f"{path}: a .npz archive (arrays {names[:5]}); expected one .npy array of codes as "
+                         "`tamer encode` writes it")
     if array.ndim == 2:
         array = array[None]
     if array.ndim != 3 or not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{path}: expected integer codes of shape N×h×w, got {array.dtype} {array.shape}")
-    if array.size and (array.min() < 0 or array.max() >= model.vocab_size):
-        raise ValueError(f"{path}: codes must lie in [0, {model.vocab_size}), got [{array.min()}, {array.max()}]")
+        raise InputError(f"{path}: expected integer codes of shape N×h×w, got {array.dtype} {array.shape}")
+    if 0 in array.shape:
+        raise InputError(f"{path}: holds no codes (shape {array.shape})")
+    if array.min() < 0 or array.max() >= model.vocab_size:
+        raise InputError(f"{path}: codes must lie in [0, {model.vocab_size}), got [{array.min()}, {array.max()}]")
+    factor = model.downsample_factor
+    check_model_pixels(array.shape[1] * factor, array.shape[2] * factor, f"{path} ({array.shape[1]}×{array.shape[2]} "
+                       "codes)")
     return torch.from_numpy(array.astype(np.int64))

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .config import from_dict, to_dict
+from .config import ConfigError, from_dict, to_dict
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -104,14 +105,48 @@ def read_config(directory: Path) -> tuple[type, Any, dict]:
         raise CheckpointError(f"{directory}: no {CONFIG_NAME} (not a tamer checkpoint folder)")
     try:
         document = json.loads(config_path.read_text())
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{config_path}: not valid JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise CheckpointError(f"{config_path}: expected a JSON object with model_type and config, got a "
+                              f"{type(document).__name__}")
     classes = model_classes()
     model_type = document.get("model_type")
-    if model_type not in classes:
+    if not isinstance(model_type, str) or model_type not in classes:
         raise CheckpointError(f"{config_path}: model_type {model_type!r} is not one of {sorted(classes)}")
     cls = classes[model_type]
-    return cls, from_dict(cls.config_class, document.get("config", {}), where="config"), document
+    try:
+        config = from_dict(cls.config_class, document.get("config", {}), where="config")
+    except ConfigError as error:
+        raise ConfigError(f"{config_path}: {error}") from None
+    return cls, config, document
+
+
+def weight_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's name and shape in a safetensors file, read from its header (no tensor data is read)."""
+    try:
+        with safe_open(str(weights), framework="pt") as file:
+            return {key: tuple(file.get_slice(key).get_shape()) for key in file.keys()}
+    except Exception as error:  # safetensors raises its own SafetensorError (not exported) and OSError
+        raise CheckpointError(f"{weights}: not a readable safetensors file ({error}); it may be truncated or "
+                              "empty: save or copy the model again") from None
+
+
+def build_checked(cls: type, config: Any, shapes: dict[str, tuple[int, ...]], source: str) -> torch.nn.Module:
+    """Build ``cls(config)`` only once its weight shapes are known to match ``shapes`` (what the file holds).
+
+    The model is first built on the ``meta`` device, which allocates nothing: a config that disagrees with its
+    weights (``num_codes: 100000000`` beside a 1024-code file) fails here instead of after building gigabytes.
+    """
+    try:
+        with torch.device("meta"):
+            skeleton = cls(config)
+    except Exception:  # some constructor cannot run on meta tensors: compare after the real build instead
+        skeleton = None
+    if skeleton is not None:
+        check_shapes({k: tuple(v.shape) for k, v in skeleton.state_dict().items()}, shapes, source, cls.__name__)
+        del skeleton
+    return cls(config)
 
 
 def load_native(directory: Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
@@ -119,18 +154,21 @@ def load_native(directory: Path, map_location: str | torch.device = "cpu") -> to
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise CheckpointError(f"{directory}: no {WEIGHTS_NAME}")
-    model = cls(config)
-    load_state_dict_strict(model, load_file(str(weights), device=str(map_location)), source=str(weights))
+    model = build_checked(cls, config, weight_shapes(weights), source=str(weights))
+    try:
+        state = load_file(str(weights), device=str(map_location))
+    except Exception as error:
+        raise CheckpointError(f"{weights}: cannot be read ({error}); it may be truncated") from None
+    load_state_dict_strict(model, state, source=str(weights))
     return model.to(map_location).eval()
 
 
-def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load every key with matching shapes, or fail naming what is missing, unexpected or misshapen."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    misshapen = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                 for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
+def check_shapes(own: dict[str, tuple], found: dict[str, tuple], source: str, model_name: str) -> None:
+    """Every key of ``own`` in ``found`` with the same shape and nothing more, or a CheckpointError naming them."""
+    missing = sorted(set(own) - set(found))
+    unexpected = sorted(set(found) - set(own))
+    misshapen = [f"{k}: file {tuple(found[k])} vs model {tuple(own[k])}"
+                 for k in own.keys() & found.keys() if tuple(own[k]) != tuple(found[k])]
     problems = []
     if missing:
         problems.append(f"missing keys {_few(missing)}")
@@ -139,7 +177,13 @@ def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor
     if misshapen:
         problems.append(f"wrong shapes {_few(sorted(misshapen))}")
     if problems:
-        raise CheckpointError(f"{source}: does not fit {type(model).__name__}: " + "; ".join(problems))
+        raise CheckpointError(f"{source}: does not fit {model_name}: " + "; ".join(problems))
+
+
+def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load every key with matching shapes, or fail naming what is missing, unexpected or misshapen."""
+    check_shapes({k: tuple(v.shape) for k, v in model.state_dict().items()},
+                 {k: tuple(v.shape) for k, v in state.items()}, source, type(model).__name__)
     model.load_state_dict(state)
 
 

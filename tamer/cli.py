@@ -7,31 +7,28 @@ import os
 import sys
 from pathlib import Path
 
-from .checkpoints import CheckpointError
-from .config import ConfigError
-from .imageio import ImageError
+from . import guards
+from .cli_errors import debug_requested, run_reporting
+from .guards import set_max_pixels
 from .presets import preset_path
 from .train.trainer import TrainingDiverged
 
 
 def main(argv: list[str] | None = None) -> int:
+    debug, argv = debug_requested(sys.argv[1:] if argv is None else list(argv))
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
-    try:
-        return args.run(args) or 0
-    except (CheckpointError, ConfigError, ImageError, FileNotFoundError, ValueError) as error:
-        print(f"tamer {args.command}: error: {error}", file=sys.stderr)
-        return 1
-    except TrainingDiverged as error:
-        print(f"tamer {args.command}: {error}", file=sys.stderr)
-        return 1
+    if getattr(args, "max_pixels", None) is not None:
+        set_max_pixels(args.max_pixels)
+    return run_reporting(args.command, lambda: args.run(args), debug, also=(TrainingDiverged,))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tamer", description="Taming Transformers: VQGAN tokenizer and image GPT.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (anywhere on the line)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     from .app_cli import add_app_command
     from .eval_cli import add_eval_command
@@ -50,11 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--model", required=True, help="tamer checkpoint folder, or a CompVis .ckpt")
         sub.add_argument("--config", help="project.yaml of a CompVis .ckpt (found beside it when omitted)")
         sub.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-        sub.add_argument("--batch-size", type=int, default=4)
+        sub.add_argument("--batch-size", type=guards.positive_int, default=4)
+        sub.add_argument("--max-pixels", type=guards.positive_int, metavar="N",
+                         help=f"pixels per image a model is given (default {guards.MAX_MODEL_PIXELS}, 2048×2048)")
 
     def image_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
-        sub.add_argument("--size", type=int, help="resize the shorter side to this many pixels first")
+        sub.add_argument("--size", type=guards.positive_int, help="resize the shorter side to this many pixels first")
         sub.add_argument("--fit", choices=("crop", "pad", "resize"), default="crop",
                          help="how a side that is not a multiple of the downsampling factor is fixed (default: crop)")
 
@@ -80,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a transformer's code grid, which project.yaml does not store (default: the square grid "
                           "that fits block_size, with a warning)")
     sub.add_argument("--out", type=Path, required=True, help="output folder")
+    sub.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
 
     train = commands.add_parser("train", help="Train a model from a preset.", description="Train a model from a preset.")
     stages = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.steps=2000 model.quantizer.num_codes=512")
     sub.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, metrics.jsonl, images, model/")
     sub.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    sub.add_argument("--overwrite", action="store_true", help="replace a run already in --out (its checkpoints "
+                     "and metrics are deleted)")
     sub = stages.add_parser("transformer", help="Train the transformer over a VQGAN's codes (stage 2).",
                             description="Train the transformer over a trained VQGAN's codes (stage 2): first_stage "
                             "names the VQGAN; code grid, vocab_size and block_size are derived. Run under "
@@ -100,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="e.g. first_stage=runs/vqgan-tiny/model train.steps=2000 cache_codes=true")
     sub.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, metrics.jsonl, images, model/")
     sub.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    sub.add_argument("--overwrite", action="store_true", help="replace a run already in --out (its checkpoints "
+                     "and metrics are deleted)")
 
     sub = command("demo", "Train a tiny VQGAN and class- and segmentation-conditional transformers on the built-in "
                   "data (about 10 min on 2 CPU cores), sample, judge, and write an HTML page.", _demo)
@@ -110,26 +114,32 @@ def build_parser() -> argparse.ArgumentParser:
                      help="instead: put the photos bundled with scikit-image through the VQGAN given by --model")
     sub.add_argument("--model", help="with --photos: a tamer VQGAN or CompVis .ckpt (default: untrained)")
     sub.add_argument("--config", help="with --photos: project.yaml of a CompVis .ckpt")
-    sub.add_argument("--size", type=int, default=256, help="with --photos: shorter side in pixels (default 256)")
+    sub.add_argument("--size", type=guards.positive_int, default=256,
+                     help="with --photos: shorter side in pixels (default 256)")
     return parser
 
 
-def _load_model(args):
+def _load_model(args, vqgan: bool = False):
     from . import api
 
-    return api.load_model(args.model, config=args.config, device=args.device)
+    model = api.load_model(args.model, config=args.config, device=args.device)
+    return api.require_vqgan(model, args.model) if vqgan else model
 
 
 def _reconstruct(args) -> int:
     from . import api
 
-    model = _load_model(args)
+    guards.check_output_folder(args.out, args.images)
+    outputs, renamed = guards.output_names(args.images)
+    model = _load_model(args, vqgan=True)
     images, names = api.read_images(args.images, model, size=args.size, fit=args.fit, report=print)
     results = api.reconstruct_images(model, images, batch_size=args.batch_size)
     args.out.mkdir(parents=True, exist_ok=True)
+    for note in renamed:
+        print(note)
     print(f"{'image':40s} {'size':>11s} {'PSNR (dB)':>10s}")
-    for name, (reconstruction, psnr) in zip(names, results):
-        api.save_image(reconstruction, args.out / f"{Path(name).stem}.png")
+    for name, output, (reconstruction, psnr) in zip(names, outputs, results):
+        api.save_image(reconstruction, args.out / output)
         print(f"{Path(name).name:40s} {'×'.join(map(str, reconstruction.shape[-2:])):>11s} {psnr:10.2f}")
     print(f"wrote {len(results)} reconstructions to {args.out}")
     return 0
@@ -138,7 +148,8 @@ def _reconstruct(args) -> int:
 def _encode(args) -> int:
     from . import api
 
-    model = _load_model(args)
+    guards.check_output_file(args.out, args.images, suffix=".npy")
+    model = _load_model(args, vqgan=True)
     images, names = api.read_images(args.images, model, size=args.size, fit=args.fit, report=print)
     codes = api.encode_images(model, images, batch_size=args.batch_size)
     api.save_codes(codes, args.out)
@@ -149,7 +160,8 @@ def _encode(args) -> int:
 def _decode(args) -> int:
     from . import api
 
-    model = _load_model(args)
+    guards.check_output_folder(args.out, [args.codes])
+    model = _load_model(args, vqgan=True)
     codes = api.load_codes(args.codes, model)
     images = api.decode_codes(model, codes, batch_size=args.batch_size)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -162,6 +174,7 @@ def _decode(args) -> int:
 def _convert(args) -> int:
     from .checkpoints import load
 
+    guards.check_new_model_folder(args.out, args.overwrite)
     model = load(args.checkpoint, config=args.config, code_shape=args.code_shape)
     model.save(args.out)
     print(f"converted {args.checkpoint} -> {args.out} ({type(model).__name__}, "
@@ -184,7 +197,7 @@ def _train_transformer(args) -> int:
 def _train(args, load_run_config, train) -> int:
     """Preset + overrides -> a run; only rank 0 reports, so torchrun prints one line."""
     config = load_run_config(preset_path(args.config) if args.config else None, args.overrides)
-    logs = train(config, args.out, resume=args.resume)
+    logs = train(config, args.out, resume=args.resume, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":
         print(f"done: model in {args.out / 'model'}; last step: " + ", ".join(f"{k}={v:.4g}" for k, v in logs.items()))
     return 0

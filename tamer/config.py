@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -97,14 +98,19 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
             return int(value)
         raise ConfigError(f"{path}: expected an integer, got {value!r}")
     if hint is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if not math.isfinite(number):  # a NaN weight or rate trains garbage without a single error
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+        return number
     if hint is str:
         if isinstance(value, str):
             return value

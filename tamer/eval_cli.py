@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import guards
+
 #: the procedural data's default evaluation seed: held out from training (seed 0), as configs/vqgan_tiny_cpu.yaml
 PROCEDURAL_EVAL_SEED = 12345
 PROCEDURAL_EVAL_LENGTH = 1000
@@ -35,11 +37,13 @@ def add_eval_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
     sub.add_argument("--config", help="project.yaml of a CompVis .ckpt (found beside it when omitted)")
     sub.add_argument("--data", required=True,
                      help="an image folder, 'procedural' (the built-in shapes), or a YAML file holding a data config")
-    sub.add_argument("--size", type=int, help="image side: shorter side resized, then centre-cropped square "
+    sub.add_argument("--size", type=guards.positive_int,
+                     help="image side: shorter side resized, then centre-cropped square "
                                               "(default: the model's training resolution)")
-    sub.add_argument("--limit", type=int, help="evaluate the first N images only (procedural: draw N; default "
+    sub.add_argument("--limit", type=guards.positive_int,
+                     help="evaluate the first N images only (procedural: draw N; default "
                                                f"{PROCEDURAL_EVAL_LENGTH})")
-    sub.add_argument("--seed", type=int, default=PROCEDURAL_EVAL_SEED,
+    sub.add_argument("--seed", type=guards.seed, default=PROCEDURAL_EVAL_SEED,
                      help=f"seed of the procedural data (default {PROCEDURAL_EVAL_SEED}, held out from training)")
     sub.add_argument("--vgg", type=Path, help="VGG16 weights for LPIPS (default: torchvision's cache file)")
     sub.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
@@ -56,14 +60,17 @@ def add_eval_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
     sub.add_argument("--data", required=True,
                      help="an image folder, 'procedural' (the built-in shapes), or a YAML file holding a data config "
                           "(conditional models need items with their condition: kind classes, pairs or procedural)")
-    sub.add_argument("--size", type=int, help="image side (default and only choice: the model's training size)")
-    sub.add_argument("--limit", type=int, help="evaluate the first N images only (procedural: draw N; default "
+    sub.add_argument("--size", type=guards.positive_int,
+                     help="image side (default and only choice: the model's training size)")
+    sub.add_argument("--limit", type=guards.positive_int,
+                     help="evaluate the first N images only (procedural: draw N; default "
                                                f"{PROCEDURAL_EVAL_LENGTH})")
-    sub.add_argument("--seed", type=int, default=PROCEDURAL_EVAL_SEED,
+    sub.add_argument("--seed", type=guards.seed, default=PROCEDURAL_EVAL_SEED,
                      help=f"seed of the procedural data (default {PROCEDURAL_EVAL_SEED}, held out from training)")
     sub.add_argument("--image-key", default="image", help="which entry of a data item is the image (default image)")
-    sub.add_argument("--batch-size", type=int, default=16, help="default 16")
-    sub.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding images (default 0)")
+    sub.add_argument("--batch-size", type=guards.positive_int, default=16, help="default 16")
+    sub.add_argument("--workers", type=guards.non_negative_int,
+                     default=0, help="DataLoader workers decoding images (default 0)")
     sub.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     sub.add_argument("--out", type=Path, help="save results as JSON here")
 
@@ -73,7 +80,7 @@ def add_eval_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
     sub.set_defaults(run=run_samples)
     sub.add_argument("--samples", type=Path, required=True, help="folder of generated images")
     sub.add_argument("--ref", type=Path, required=True, help="folder of real images, or reference statistics .npz")
-    sub.add_argument("--limit", type=int, help="use the first N samples only")
+    sub.add_argument("--limit", type=guards.positive_int, help="use the first N samples only")
     sub.add_argument("--save-ref", type=Path, help="save the reference folder's statistics to this .npz for reuse")
     _common_options(sub, batch_size=50)
 
@@ -82,7 +89,7 @@ def add_eval_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
                                        ".npz (keys mu, sigma as ADM/MAR; plus features for KID and precision/recall).")
     sub.set_defaults(run=run_reference)
     sub.add_argument("--images", type=Path, required=True, help="folder of real images")
-    sub.add_argument("--limit", type=int, help="use the first N images only")
+    sub.add_argument("--limit", type=guards.positive_int, help="use the first N images only")
     sub.add_argument("--no-features", action="store_true",
                      help="store only mu and sigma (smaller; KID and precision/recall then need the folder)")
     _common_options(sub, batch_size=50, out_help="output .npz", out_required=True)
@@ -95,14 +102,18 @@ def add_eval_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
     sub.set_defaults(run=run_classes)
     sub.add_argument("--model", required=True, help="a class-conditional tamer Transformer trained on procedural data")
     sub.add_argument("--plain", action="store_true", help="the model was trained on plain scenes (data.plain)")
-    sub.add_argument("--max-distractors", type=int, default=4,
+    sub.add_argument("--max-distractors", type=guards.non_negative_int, default=4,
                      help="data.max_distractors of the model's training data (default 4, the dataset's)")
-    sub.add_argument("-n", "--samples-per-class", type=int, default=20, help="default 20")
-    sub.add_argument("--cfg-scale", type=float, nargs="+", default=[1.0], help="guidance scales (default 1)")
-    sub.add_argument("--top-k", type=int, default=40, help="default 40")
-    sub.add_argument("--judge-steps", type=int, default=800, help="classifier training steps (default 800)")
-    sub.add_argument("--judge-images", type=int, default=8000, help="real scenes it trains on (default 8000)")
-    sub.add_argument("--limit", type=int, default=512, help="held-out scenes for its own accuracy (default 512)")
+    sub.add_argument("-n", "--samples-per-class", type=guards.positive_int, default=20, help="default 20")
+    sub.add_argument("--cfg-scale", type=guards.finite_float,
+                     nargs="+", default=[1.0], help="guidance scales (default 1)")
+    sub.add_argument("--top-k", type=guards.positive_int, default=40, help="default 40")
+    sub.add_argument("--judge-steps", type=guards.positive_int,
+                     default=800, help="classifier training steps (default 800)")
+    sub.add_argument("--judge-images", type=guards.positive_int,
+                     default=8000, help="real scenes it trains on (default 8000)")
+    sub.add_argument("--limit", type=guards.positive_int,
+                     default=512, help="held-out scenes for its own accuracy (default 512)")
     sub.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     sub.add_argument("--out", type=Path, help="save results as JSON here")
     return evaluate
@@ -116,8 +127,9 @@ def _common_options(sub: argparse.ArgumentParser, batch_size: int, out_help: str
     sub.add_argument("--features", metavar="ARCH[=PATH]",
                      help="a torchvision classifier standing in for Inception (e.g. resnet50=/w/resnet50.pth); "
                           "results are then named FD_ARCH, KD_ARCH, ... instead of FID, KID")
-    sub.add_argument("--batch-size", type=int, default=batch_size, help=f"default {batch_size}")
-    sub.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding images (default 0)")
+    sub.add_argument("--batch-size", type=guards.positive_int, default=batch_size, help=f"default {batch_size}")
+    sub.add_argument("--workers", type=guards.non_negative_int,
+                     default=0, help="DataLoader workers decoding images (default 0)")
     sub.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     sub.add_argument("--out", type=Path, required=out_required, help=out_help)
 
@@ -154,6 +166,31 @@ def data_config(spec: str, size: int | None, default_size: int, limit: int | Non
     return DataConfig(kind="folder", path=str(path), size=size)
 
 
+def _check_out(args, suffix: str = ".json") -> None:
+    """``--out`` is checked before any work: a folder, an input, or a file in a file would lose the result."""
+    if getattr(args, "out", None) is not None:
+        inputs = [Path(p) for p in (getattr(args, "model", None), getattr(args, "ref", None)) if p]
+        guards.check_output_file(args.out, inputs, suffix=suffix)
+
+
+def _usable(dataset, limit: int | None, notes: list[str]):
+    """A file dataset cut to its first ``limit`` files with the unreadable ones left out, so every image evaluated
+    is a distinct file and the count is true (at run time a bad file would be replaced by its neighbour)."""
+    from .data.files import FileDataset
+
+    if not isinstance(dataset, FileDataset):
+        return dataset
+    if limit is not None:
+        dataset.records = dataset.records[:limit]
+    total = len(dataset.records)
+    bad = dataset.scan(drop=True, progress=False)
+    if bad:
+        first = next(iter(bad.values()))
+        notes.append(f"{len(bad)} of {total} files unreadable or too large, left out; {len(dataset)} evaluated "
+                     f"(first: {first})")
+    return dataset
+
+
 def _finish(result, out: Path | None) -> int:
     print(result.table())
     if out is not None:
@@ -168,6 +205,7 @@ def run_recon(args) -> int:
     from .data import build_dataset
     from .metrics import evaluate_reconstructions
 
+    _check_out(args)
     model = load_model(args.model, config=args.config, device=args.device)
     if not hasattr(model.config, "autoencoder"):
         raise ValueError(f"{args.model}: `tamer eval recon` needs a VQGAN, this is a {type(model).__name__}")
@@ -176,14 +214,13 @@ def run_recon(args) -> int:
     if side % model.downsample_factor:
         raise ValueError(f"--size: {side} is not a multiple of the model's downsampling factor "
                          f"{model.downsample_factor}")
-    dataset = build_dataset(config)
+    notes: list[str] = []
+    dataset = _usable(build_dataset(config), args.limit, notes)
     result = evaluate_reconstructions(
         model, dataset, limit=args.limit, batch_size=args.batch_size, num_workers=args.workers,
         features=_stand_in(args.features), inception_path=args.inception, fid=not args.no_fid, vgg_path=args.vgg,
         lpips=not args.no_lpips, data_protocol={"spec": args.data, "config": to_dict(config)})
-    skipped = getattr(dataset, "skipped", None)
-    if skipped:
-        result.notes.append(f"{len(skipped)} unreadable files were skipped (replaced by the next readable one)")
+    result.notes += notes
     return _finish(result, args.out)
 
 
@@ -195,6 +232,7 @@ def run_nll(args) -> int:
     from .data import build_dataset
     from .metrics.likelihood import evaluate_likelihood
 
+    _check_out(args)
     model = load_model(args.model, config=args.config, device=args.device)
     if not hasattr(model, "token_nll"):
         raise ValueError(f"{args.model}: `tamer eval nll` needs a Transformer, this is a {type(model).__name__}")
@@ -207,20 +245,22 @@ def run_nll(args) -> int:
     if (side, side) != (height, width):
         raise ValueError(f"--size: the model was trained on {height}×{width} images; {side}×{side} would need "
                          "sliding-window likelihoods, which are not implemented")
-    dataset = build_dataset(config)
+    notes: list[str] = []
+    dataset = _usable(build_dataset(config), args.limit, notes)
     result = evaluate_likelihood(model, dataset, limit=args.limit, batch_size=args.batch_size,
                                  num_workers=args.workers, image_key=args.image_key,
                                  data_protocol={"spec": args.data, "config": to_dict(config)})
     result.protocol["model"] = str(args.model)
-    skipped = getattr(dataset, "skipped", None)
-    if skipped:
-        result.notes.append(f"{len(skipped)} unreadable files were skipped (replaced by the next readable one)")
+    result.notes += notes
     return _finish(result, args.out)
 
 
 def run_samples(args) -> int:
     from .metrics import evaluate_samples
 
+    _check_out(args)
+    if args.save_ref is not None:
+        guards.check_output_file(args.save_ref, [args.ref], flag="--save-ref", suffix=".npz")
     result = evaluate_samples(args.samples, args.ref, features=_stand_in(args.features),
                               inception_path=args.inception, batch_size=args.batch_size, device=args.device,
                               limit=args.limit, num_workers=args.workers, save_reference=args.save_ref)
@@ -230,6 +270,7 @@ def run_samples(args) -> int:
 def run_reference(args) -> int:
     from .metrics import compute_reference
 
+    _check_out(args, suffix=".npz")
     reference = compute_reference(args.images, features=_stand_in(args.features), inception_path=args.inception,
                                   batch_size=args.batch_size, device=args.device, limit=args.limit,
                                   num_workers=args.workers, keep_features=not args.no_features)
@@ -247,6 +288,7 @@ def run_classes(args) -> int:
     from .imageio import save_image
     from .metrics.shape_classifier import JUDGE_BLUR, judge_class_samples, train_shape_classifier
 
+    _check_out(args)
     model = load_model(args.model, device=args.device)
     conditioning = getattr(getattr(model, "config", None), "conditioning", None)
     if conditioning is None or conditioning.kind != "class":

@@ -14,6 +14,7 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 from .conditioning import coordinate_map
+from .guards import check_count, check_model_pixels
 from .imageio import ImageError, open_image, read_image, save_image
 from .sampling import Callback, SamplingSettings
 from .transformer import Transformer
@@ -79,6 +80,9 @@ def sample_images(model: Transformer, request: SampleRequest, settings: Sampling
     """Images ``N×3×H×W``, their codes ``N×h×w`` and seeds; sample ``i`` uses ``seed + i``. ``callback`` is
     :meth:`Transformer.sample_codes`'s, for each batch (the web app's live preview)."""
     size = tuple(request.size) if request.size else model.config.image_size
+    check_model_pixels(*size, "size")
+    check_count("num_samples", request.num_samples)
+    check_count("batch_size", request.batch_size)
     code_shape = model.first_stage_model.code_shape(*size)
     images, codes, seeds = [], [], []
     seed = request.seed

@@ -8,7 +8,9 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .guards import InputError, check_image_pixels
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 FitMode = Literal["crop", "pad", "resize"]
@@ -19,43 +21,90 @@ class ImageError(ValueError):
 
 
 def open_image(path: str | Path) -> Image.Image:
-    """Open and fully decode ``path`` with Pillow; a missing, non-image or corrupt file is an ImageError naming it."""
+    """Open and fully decode ``path`` with Pillow, turned upright by its EXIF orientation.
+
+    A missing, non-image, corrupt or oversized file (see :data:`tamer.guards.MAX_IMAGE_PIXELS`: the header is
+    checked before any pixel is decoded) is an ImageError naming it, so a data folder skips it like any bad file.
+    """
     path = Path(path)
     try:
         with Image.open(path) as image:
+            check_image_pixels(*image.size, str(path))
             image.load()
-            return image.copy()
+            upright = ImageOps.exif_transpose(image)
+            return upright if upright is not image else image.copy()
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a folder, not an image file") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image (or a format Pillow cannot read)") from None
-    except (OSError, SyntaxError, ValueError) as error:
+    except InputError as error:
+        raise ImageError(str(error)) from None
+    except Image.DecompressionBombError as error:  # Pillow's own check, for headers far over ours
+        raise ImageError(f"{path}: image over the pixel limit ({error}); pass --max-pixels N (or set "
+                         "TAMER_MAX_PIXELS) to read it anyway") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageError(f"{path}: corrupt or truncated image ({error})") from None
+
+
+#: 16- and 32-bit integer modes, and the value that is white in each (Pillow reads 16-bit PNGs as I;16 or I)
+_WIDE_MODES = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535}
+
+
+def _wide_to_unit(image: Image.Image, path: Path) -> np.ndarray:
+    """A 16-bit, 32-bit integer or float single-channel image as ``H×W`` float32 in [0, 1]."""
+    array = np.asarray(image).astype(np.float32)
+    if image.mode == "F":
+        if not np.isfinite(array).all():
+            raise ImageError(f"{path}: float image holds NaN or infinite values")
+        low, high = float(array.min(initial=0)), float(array.max(initial=0))
+        if low < 0 or high > 1:
+            raise ImageError(f"{path}: float image with values in [{low:g}, {high:g}]; tamer reads float images as "
+                             "[0, 1] (scale it, or save it as 8- or 16-bit)")
+        return array
+    white = _WIDE_MODES[image.mode]
+    if array.size and (array.min() < 0 or array.max() > white):
+        raise ImageError(f"{path}: {image.mode} image with values in [{array.min():g}, {array.max():g}]; expected "
+                         f"a 16-bit image (0..{white})")
+    return array / white
 
 
 def read_image(path: str | Path, channels: int = 3) -> tuple[torch.Tensor, list[str]]:
     """Decode ``path`` to a ``C×H×W`` float tensor in [-1, 1], plus notes on any conversion made.
 
-    Grayscale, palette and RGBA files are converted (alpha is composited on white) and the note says so.
+    Grayscale, palette and RGBA files are converted (alpha is composited on white) and the note says so; 16-bit
+    files keep their full range (white is 65535), float files are read as [0, 1].
     """
+    path = Path(path)
     image = open_image(path)
     notes: list[str] = []
     mode = image.mode
-    if channels == 1:
-        converted = image.convert("L")
-    elif mode in ("RGBA", "LA") or (mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        converted = Image.new("RGB", rgba.size, (255, 255, 255))
-        converted.paste(rgba, mask=rgba.getchannel("A"))
-        notes.append(f"{path}: {mode} image, alpha composited on white")
-    else:
-        converted = image.convert("RGB")
-        if mode != "RGB":
-            notes.append(f"{path}: {mode} image converted to RGB")
-    array = np.asarray(converted, dtype=np.float32)
+    try:
+        if mode in _WIDE_MODES or mode == "F":
+            unit = _wide_to_unit(image, path)[:, :, None]
+            array = np.repeat(unit, channels, axis=2) * 255.0
+            if channels != 1:
+                notes.append(f"{path}: {mode} grayscale image ({'float' if mode == 'F' else '16-bit'}) repeated "
+                             f"to {channels} channels")
+        else:
+            if channels == 1:
+                converted = image.convert("L")
+            elif mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+                rgba = image.convert("RGBA")
+                converted = Image.new("RGB", rgba.size, (255, 255, 255))
+                converted.paste(rgba, mask=rgba.getchannel("A"))
+                notes.append(f"{path}: {mode} image, alpha composited on white")
+            else:
+                converted = image.convert("RGB")
+                if mode != "RGB":
+                    notes.append(f"{path}: {mode} image converted to RGB")
+            array = np.asarray(converted, dtype=np.float32)
+    except ValueError as error:  # a mode Pillow cannot convert
+        raise ImageError(f"{path}: cannot convert its {mode} pixels to RGB ({error})") from None
     if array.ndim == 2:
         array = array[:, :, None]
-    return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0, notes
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1) / 127.5 - 1.0, notes
 
 
 def fit_to_multiple(image: torch.Tensor, factor: int, mode: FitMode = "crop") -> tuple[torch.Tensor, str | None]:

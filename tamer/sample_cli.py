@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import guards
+
 
 def add_sample_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     help = "Sample images from a stage-2 transformer: PNGs, a grid, codes.npy and sample.json."
@@ -18,14 +20,18 @@ def add_sample_command(commands: argparse._SubParsersAction) -> argparse.Argumen
     sub.add_argument("--cond", type=Path, metavar="MAP",
                      help="spatial condition: an 8-bit label-map PNG (segmentation) or an image (depth, edges, ...)")
     sub.add_argument("--size", type=_size, metavar="HxW", help="image size in pixels (default: the training size)")
-    sub.add_argument("-n", "--num-samples", type=int, default=4, help="samples (per class) (default 4)")
-    sub.add_argument("--temperature", type=float, default=1.0)
-    sub.add_argument("--top-k", type=int, help="keep the K most likely tokens (1: greedy)")
-    sub.add_argument("--top-p", type=float, help="nucleus sampling: keep tokens up to this probability mass")
-    sub.add_argument("--cfg-scale", type=float, default=1.0,
+    sub.add_argument("-n", "--num-samples", type=guards.positive_int, default=4,
+                     help="samples (per class) (default 4)")
+    sub.add_argument("--temperature", type=guards.finite_float, default=1.0)
+    sub.add_argument("--top-k", type=guards.positive_int, help="keep the K most likely tokens (1: greedy)")
+    sub.add_argument("--top-p", type=guards.finite_float,
+                     help="nucleus sampling: keep tokens up to this probability mass")
+    sub.add_argument("--cfg-scale", type=guards.finite_float, default=1.0,
                      help="classifier-free guidance scale (needs a model trained with classifier_free; 1: off)")
-    sub.add_argument("--seed", type=int, default=0, help="sample i uses seed + i, in any batch (default 0)")
-    sub.add_argument("--batch-size", type=int, default=8)
+    sub.add_argument("--seed", type=guards.seed, default=0, help="sample i uses seed + i, in any batch (default 0)")
+    sub.add_argument("--batch-size", type=guards.positive_int, default=8)
+    sub.add_argument("--max-pixels", type=guards.positive_int, metavar="N",
+                     help=f"pixels per sample (default at most {guards.MAX_MODEL_PIXELS}, 2048×2048)")
     sub.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     sub.add_argument("--out", type=Path, required=True, help="output folder")
     return sub
@@ -53,6 +59,10 @@ def run_sample(args) -> int:
     from .sampling import SamplingSettings
     from .transformer import Transformer
 
+    guards.check_output_folder(args.out)
+    if args.size is not None:
+        guards.check_model_pixels(*args.size, "--size")
+    guards.check_seed("--seed", args.seed, args.num_samples * len(args.classes or [0]))
     model = load_model(args.model, config=args.config, device=args.device)
     if not isinstance(model, Transformer):
         raise ValueError(f"{args.model}: holds a {type(model).__name__}; `tamer sample` needs a transformer")

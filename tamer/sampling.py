@@ -8,11 +8,13 @@ in a log reproduces its image. Drawing is the Gumbel-max trick, which samples ex
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from .guards import check_seed
 from .nn.gpt import GPT, top_k_filter, top_p_filter
 
 
@@ -25,6 +27,10 @@ class SamplingSettings:
     cfg_scale: float = 1.0
 
     def __post_init__(self):
+        for name in ("temperature", "cfg_scale", "top_p"):  # NaN passes every comparison below, and samples zeros
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name}: must be a finite number, got {value}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k: expected a positive integer or None, got {self.top_k}")
         if self.top_k != 1 and self.temperature <= 0:
@@ -90,6 +96,7 @@ def seed_rows(seed: int | None, batch_size: int, device=None) -> torch.Tensor:
     """Row seeds ``seed, seed+1, ...``; a random base when ``seed`` is None."""
     if seed is None:
         seed = int(torch.randint(0, 1 << 31, ()).item())
+    check_seed("seed", seed, batch_size)
     return torch.arange(seed, seed + batch_size, device=device, dtype=torch.long)
 
 

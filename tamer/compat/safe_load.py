@@ -9,6 +9,7 @@ replaced by inert placeholders that only record their arguments. Any other globa
 from __future__ import annotations
 
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -55,17 +56,86 @@ def _is_inert(name: str) -> bool:
     return name in INERT_BUILTINS or name.startswith(INERT_PREFIXES)
 
 
-def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load`` that never executes code from the file; raises :class:`UnsafeCheckpointError` if it would."""
-    path = Path(path)
+def check_archive_sizes(path: Path) -> None:
+    """Refuse a ``torch.save`` zip whose records would decompress to more than the file holds.
+
+    ``torch.save`` stores every record uncompressed, so no record of a genuine file is larger than the file itself;
+    a deflated record declaring gigabytes is a decompression bomb, and PyTorch would allocate all of it first.
+    """
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: not a readable checkpoint archive ({error}); it may be truncated") from None
+    for record in records:
+        if record.file_size > size:
+            raise CheckpointError(
+                f"{path}: refused, record {record.filename!r} declares {record.file_size / 2**20:.0f} MiB "
+                f"uncompressed in a file of {size / 2**20:.1f} MiB (a decompression bomb?); nothing was loaded")
+
+
+def _torch_load(path: Path, map_location) -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError, AttributeError, IndexError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason}); it may be truncated or "
+                              "not a checkpoint at all") from None
+
+
+def _check_file(path: Path) -> None:
+    """A missing, empty or oversized file is a :class:`CheckpointError` before anything large is allocated."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes); it was not written completely")
+    if zipfile.is_zipfile(path):
+        check_archive_sizes(path)
+
+
+def load_plain(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """A file of tensors and plain containers that tamer wrote itself (``torch.save``), read with the
+    ``weights_only`` unpickler; anything else in it is refused as :class:`UnsafeCheckpointError` (never with the
+    advice to set ``weights_only=False``)."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        return _torch_load(path, map_location)
     except pickle.UnpicklingError as error:
-        first_error = error
+        names = _globals_named(path)
+        what = f"it would call {', '.join(names)}" if names else str(error).splitlines()[0]
+        raise UnsafeCheckpointError(f"{path}: refused, not a file of plain tensors as tamer writes them ({what}); "
+                                    "nothing from it was executed") from None
+
+
+def _globals_named(path: Path) -> list[str]:
+    try:
+        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # noqa: BLE001  (only used to word the refusal)
+        return []
+
+
+def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` that never executes code from the file; raises :class:`UnsafeCheckpointError` if it would.
+
+    A missing, empty, truncated or oversized file is a :class:`CheckpointError` naming it, raised before anything
+    large is allocated (see :func:`check_archive_sizes`).
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        return _torch_load(path, map_location)
+    except pickle.UnpicklingError:
+        pass  # it names a global: find out whether that one is inert
     try:
         names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except (ValueError, RuntimeError) as error:
-        raise UnsafeCheckpointError(f"{path}: cannot be read safely ({error}); original error: {first_error}") from None
+    except (ValueError, RuntimeError, KeyError, EOFError, OSError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason}); it may be truncated or not a "
+                              "checkpoint at all") from None
     unsafe = [name for name in names if not _is_inert(name)]
     if unsafe:
         raise UnsafeCheckpointError(
@@ -73,6 +143,6 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
     placeholders = [(_placeholder(name), name) for name in names]
     try:
         with torch.serialization.safe_globals(placeholders):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return _torch_load(path, map_location)
     except pickle.UnpicklingError as error:
         raise UnsafeCheckpointError(f"{path}: refused: {str(error).splitlines()[0]}") from None

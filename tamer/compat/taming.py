@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoints import CheckpointError, load_state_dict_strict
+from ..checkpoints import CheckpointError, build_checked, load_state_dict_strict
 from ..config import ConfigError, from_dict, read_yaml
 from ..nn.autoencoder import AutoencoderConfig
 from ..nn.quantize import QuantizerConfig
@@ -129,9 +129,13 @@ def load_taming_checkpoint(path: str | Path, config: str | Path | None = None,
     if code_shape is not None:
         raise ConfigError(f"code_shape: only a transformer checkpoint takes it; {config} describes a {target!r}")
     if target in VQ_TARGETS:
-        model = VQGAN(vqgan_config_from_taming(document["model"], state))
+        config = vqgan_config_from_taming(document["model"], state)
         weights = submodule_state(state, "", drop=("loss.",))
-        if model.config.colorize_nlabels is not None and "colorize" not in weights:
+        shapes = {k: tuple(v.shape) for k, v in weights.items()}
+        if config.colorize_nlabels is not None and "colorize" not in weights:
+            shapes["colorize"] = (3, config.colorize_nlabels, 1, 1)
+        model = build_checked(VQGAN, config, shapes, source=str(path))  # before a wrong yaml builds gigabytes
+        if config.colorize_nlabels is not None and "colorize" not in weights:
             weights["colorize"] = model.colorize  # older files did not save the random projection
         load_state_dict_strict(model, weights, source=str(path))
         return model.to(map_location).eval()

@@ -76,6 +76,10 @@ class ReferenceStatistics:
                 if missing:
                     raise ValueError(f"{path}: reference statistics need keys 'mu' and 'sigma' (the ADM/MAR layout); "
                                      f"found {sorted(data.files)}")
+                for key in ("mu", "sigma", "features"):
+                    if key in data.files and not np.isfinite(data[key]).all():
+                        raise ValueError(f"{path}: '{key}' holds NaN or infinite values; recompute the reference "
+                                         "statistics (tamer eval reference)")
                 stats = GaussianStatistics(data["mu"], data["sigma"])
                 features = torch.from_numpy(data["features"].astype(np.float32)) if "features" in data.files else None
                 protocol = json.loads(str(data["protocol"])) if "protocol" in data.files else {

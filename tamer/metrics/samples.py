@@ -27,22 +27,31 @@ INPUT_POLICY = ("images as uint8 RGB (files decoded with Pillow, gray and alpha 
 
 
 def _source(images: ImageSource, batch_size: int, limit: int | None,
-            num_workers: int) -> tuple[Iterator[torch.Tensor], int, str]:
-    """``(uint8 batches, number of images, description)`` for a folder or an image tensor."""
+            num_workers: int) -> tuple[Iterator[torch.Tensor], int, str, ImageFiles | None]:
+    """``(uint8 batches, number of images, description, the files or None)`` for a folder or an image tensor."""
     if isinstance(images, torch.Tensor):
         if images.dim() != 4:
             raise ValueError(f"images: expected a B×C×H×W tensor, got shape {tuple(images.shape)}")
         images = images[:limit] if limit is not None else images
         batches = (to_uint8(images[i:i + batch_size]) for i in range(0, len(images), batch_size))
-        return batches, len(images), f"tensor of {len(images)} images"
+        return batches, len(images), f"tensor of {len(images)} images", None
     files = ImageFiles(images, limit)
-    return uint8_batches(files, batch_size, num_workers), len(files), str(Path(images))
+    return uint8_batches(files, batch_size, num_workers), len(files), str(Path(images)), files
 
 
 def _features(network: FeatureNetwork, images: ImageSource, device: torch.device, batch_size: int,
-              limit: int | None, num_workers: int, desc: str) -> tuple[dict[str, torch.Tensor], str]:
-    batches, count, description = _source(images, batch_size, limit, num_workers)
-    return extract_features(network, batches, device, total=count, desc=desc), description
+              limit: int | None, num_workers: int, desc: str,
+              notes: list[str] | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """Features of every readable image; a note for the files that were not (``notes``)."""
+    batches, count, description, files = _source(images, batch_size, limit, num_workers)
+    outputs = extract_features(network, batches, device, total=count, desc=desc)
+    if files is not None and files.skipped:
+        if not len(outputs["features"]):
+            raise ValueError(f"{description}: none of its {count} images is readable (first: {files.skipped[0]})")
+        if notes is not None:
+            notes.append(f"{description}: {len(files.skipped)} of {count} files unreadable or too large, skipped; "
+                         f"{count - len(files.skipped)} used (first: {files.skipped[0]})")
+    return outputs, description
 
 
 def compute_reference(images: ImageSource, *, features: FeatureNetwork | None = None,
@@ -61,9 +70,10 @@ def compute_reference(images: ImageSource, *, features: FeatureNetwork | None = 
 
 def _reference_from_images(network: FeatureNetwork, images: ImageSource, device: torch.device, batch_size: int,
                            limit: int | None, num_workers: int, keep_features: bool) -> ReferenceStatistics:
-    outputs, description = _features(network, images, device, batch_size, limit, num_workers, "reference")
+    notes: list[str] = []
+    outputs, description = _features(network, images, device, batch_size, limit, num_workers, "reference", notes)
     protocol = {"source": description, "feature_network": network_protocol(network), "input": INPUT_POLICY,
-                "versions": library_versions()}
+                "versions": library_versions(), **({"skipped": notes[0]} if notes else {})}
     return ReferenceStatistics.from_features(outputs["features"], protocol, keep_features=keep_features)
 
 
@@ -74,6 +84,8 @@ def _load_reference(reference: str | Path | ReferenceStatistics, network: Featur
         stats, described = reference, {"kind": "statistics", "source": "given in memory"}
     elif Path(reference).is_dir():
         stats = _reference_from_images(network, reference, device, batch_size, None, num_workers, True)
+        if "skipped" in stats.protocol:
+            notes.append(stats.protocol["skipped"])
         return stats, {"kind": "folder", "source": str(reference)}
     elif Path(reference).is_file():
         stats, described = ReferenceStatistics.load(reference), {"kind": "statistics", "source": str(reference)}
@@ -108,7 +120,7 @@ def evaluate_samples(samples: ImageSource, reference: str | Path | ReferenceStat
     if save_reference is not None:
         ref.save(save_reference)
         notes.append(f"reference statistics saved to {save_reference}")
-    outputs, description = _features(network, samples, device, batch_size, limit, num_workers, "samples")
+    outputs, description = _features(network, samples, device, batch_size, limit, num_workers, "samples", notes)
     if len(outputs["features"]) < 2:
         raise ValueError(f"{description}: at least 2 samples are needed")
     metrics, protocol, metric_notes = distribution_metrics(network, outputs, ref)

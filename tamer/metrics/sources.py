@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..imageio import list_images, read_image
+from ..imageio import ImageError, list_images, read_image
 from .features import to_uint8
 
 
@@ -25,12 +25,17 @@ class ImageFiles(Dataset):
             self.paths = self.paths[:limit]
         if not self.paths:
             raise FileNotFoundError(f"{self.root}: no images (.png, .jpg, ...) in this folder")
+        self.skipped: list[str] = []  # reasons, filled as the batches are read
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        image, _ = read_image(self.paths[index], channels=3)
+    def __getitem__(self, index: int) -> torch.Tensor | str:
+        """The image, or for a file that cannot be read (corrupt, too large) the reason, which names the file."""
+        try:
+            image, _ = read_image(self.paths[index], channels=3)
+        except ImageError as error:
+            return str(error)
         return to_uint8(image[None])[0]
 
 
@@ -38,11 +43,14 @@ def uint8_batches(files: ImageFiles, batch_size: int, num_workers: int = 0) -> I
     """Batches of up to ``batch_size`` consecutive images of one size (a new batch starts where the size changes).
 
     Feature networks resize every image themselves, so a folder of mixed sizes is fine; only the batching follows
-    the sizes.
+    the sizes. Unreadable files are left out and their reasons added to ``files.skipped``.
     """
     loader = DataLoader(files, batch_size=None, num_workers=num_workers)
     pending: list[torch.Tensor] = []
     for image in loader:
+        if isinstance(image, str):  # an unreadable file: skipped and counted, like in training data
+            files.skipped.append(image)
+            continue
         if pending and (len(pending) == batch_size or image.shape != pending[0].shape):
             yield torch.stack(pending)
             pending = []

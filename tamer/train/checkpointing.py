@@ -18,6 +18,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..checkpoints import CheckpointError, load_state_dict_strict
+from ..compat.safe_load import load_plain
+
 STEP_FOLDER = re.compile(r"^step-(\d{8})$")
 
 
@@ -70,8 +73,63 @@ def save_weights(module: torch.nn.Module, path: Path) -> None:
     save_file(state, str(path))
 
 
-def load_weights(module: torch.nn.Module, path: Path) -> None:
-    module.load_state_dict(load_file(str(path), device=str(next(iter(module.state_dict().values())).device)))
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` file read completely (on the CPU); a missing or damaged one is a CheckpointError."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        return load_file(str(path))
+    except Exception as error:  # safetensors' own error type is not exported
+        raise CheckpointError(f"{path}: cannot be read ({error}); it may be truncated") from None
+
+
+def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    load_state_dict_strict(module, state, source=str(source))
+
+
+def read_checkpoint(folder: Path, modules: list[str], ema: bool, rank: int) -> dict:
+    """Every file of a checkpoint, read fully into memory before any of it is applied: a truncated or damaged
+    file raises a CheckpointError naming it, and the run is left as it was."""
+    names = [*modules, *(["ema"] if ema else [])]
+    state = load_state(folder / "training_state.pt")
+    if not isinstance(state, dict) or not {"step", "epoch", "position", "optimizers"} <= set(state):
+        raise CheckpointError(f"{folder / 'training_state.pt'}: not a training state written by tamer")
+    return {"state": state, "rng": load_state(folder / f"rng-rank{rank}.pt"),
+            "weights": {name: read_weights(folder / f"{name}.safetensors") for name in names}}
+
+
+def newest_intact_checkpoint(run: Path, modules: list[str], ema: bool, rank: int,
+                             report=print) -> tuple[Path, dict] | None:
+    """The newest complete checkpoint whose files all read back, with their contents; each damaged one that is
+    passed over is reported by name and reason."""
+    for folder in reversed(completed_checkpoints(run)):
+        try:
+            return folder, read_checkpoint(folder, modules, ema, rank)
+        except CheckpointError as error:
+            report(f"--resume: skipping {folder.name}, it is damaged: {error}")
+    return None
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (a full disk, most often); its partial folder was removed."""
+
+
+def folder_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+
+
+def write_failed(tmp: Path, error: OSError, run: Path) -> CheckpointWriteError:
+    """Remove the partial ``tmp`` folder and describe the failure: the file, the reason, the space it needs."""
+    written = folder_size(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
+    previous = latest_checkpoint(run)
+    needed = max(written, folder_size(previous) if previous else 0)
+    free = shutil.disk_usage(run if run.exists() else run.parent).free
+    where = f"{error.filename}: " if getattr(error, "filename", None) else ""
+    return CheckpointWriteError(
+        f"{where}writing checkpoint {tmp.name[: -len('.tmp')]} failed ({error.strerror or error}); removed the "
+        f"partial folder. A checkpoint needs about {needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free "
+        f"in {run}; free some space, or lower train.keep_checkpoints, and resume with --resume")
 
 
 def rng_state(device: torch.device) -> dict:
@@ -103,4 +161,5 @@ def save_state(state: dict, path: Path) -> None:
 
 
 def load_state(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A state file written by :func:`save_state`; anything that is not plain tensors is refused, nothing runs."""
+    return load_plain(path, map_location="cpu")

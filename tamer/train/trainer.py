@@ -23,6 +23,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 from ..progress import progress_bar
 
+from ..checkpoints import CheckpointError
 from ..imageio import save_image
 from . import checkpointing as ckpt
 from .config import TrainConfig
@@ -284,6 +285,17 @@ class Trainer:
         tmp = ckpt.temporary_folder(self.run, self.step) if self.ctx.is_main else \
             ckpt.temporary_path(self.run, self.step)
         barrier()
+        try:
+            self._write_checkpoint(tmp)
+        except OSError as error:  # a full disk: no stale .tmp folder, and a message that says what is needed
+            raise ckpt.write_failed(tmp, error, self.run) from error
+        barrier()
+        if self.ctx.is_main:
+            ckpt.finish(tmp, self.config.keep_checkpoints)
+        barrier()
+        return ckpt.step_folder(self.run, self.step)
+
+    def _write_checkpoint(self, tmp: Path) -> None:
         ckpt.save_state(ckpt.rng_state(self.device), tmp / f"rng-rank{self.ctx.rank}.pt")
         if self.ctx.is_main:
             for name, module in self.raw.items():
@@ -298,33 +310,42 @@ class Trainer:
                 "scaler": self.scaler.state_dict(),
                 "task": self.task.state_dict(),
             }, tmp / "training_state.pt")
-        barrier()
-        if self.ctx.is_main:
-            ckpt.finish(tmp, self.config.keep_checkpoints)
-        barrier()
-        return ckpt.step_folder(self.run, self.step)
 
     def restore(self) -> bool:
-        """Load the newest complete checkpoint of the run, if any; returns whether one was found."""
-        folder = ckpt.latest_checkpoint(self.run)
-        if folder is None:
+        """Load the newest intact checkpoint of the run, if any; returns whether one was found.
+
+        Every file of a checkpoint is read back before any is applied; a damaged checkpoint (a truncated file, a
+        disk error) is skipped with a note naming it, and the one before it is used.
+        """
+        found = ckpt.newest_intact_checkpoint(self.run, list(self.raw), self.ema is not None, self.ctx.rank,
+                                              report=print if self.ctx.is_main else lambda _: None)
+        if found is None:
+            if ckpt.completed_checkpoints(self.run):
+                raise CheckpointError(f"--resume: every checkpoint in {self.run / 'checkpoints'} is damaged "
+                                      "(see above); remove them, or start again with --overwrite")
             if self.ctx.is_main:
                 print(f"--resume: no checkpoint in {self.run / 'checkpoints'}, starting from step 0")
             return False
-        state = ckpt.load_state(folder / "training_state.pt")
-        if state["world_size"] != self.ctx.world_size:
-            raise ValueError(f"{folder}: written by {state['world_size']} processes, resumed with "
+        folder, files = found
+        state = files["state"]
+        if state.get("world_size") != self.ctx.world_size:
+            raise ValueError(f"{folder}: written by {state.get('world_size')} processes, resumed with "
                              f"{self.ctx.world_size}; the data order would differ")
+        device = self.device
         for name, module in self.raw.items():
-            ckpt.load_weights(module, folder / f"{name}.safetensors")
+            ckpt.load_weights(module, files["weights"][name], folder / f"{name}.safetensors")
         if self.ema is not None:
-            ckpt.load_weights(self.ema, folder / "ema.safetensors")
-        for name, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(state["optimizers"][name])
-        self.scaler.load_state_dict(state["scaler"])
-        self.task.load_state_dict(state["task"])
+            ckpt.load_weights(self.ema, files["weights"]["ema"], folder / "ema.safetensors")
+        try:
+            for name, optimizer in self.optimizers.items():
+                optimizer.load_state_dict(state["optimizers"][name])
+            self.scaler.load_state_dict(state["scaler"])
+            self.task.load_state_dict(state["task"])
+        except (KeyError, ValueError, RuntimeError) as error:
+            raise CheckpointError(f"{folder / 'training_state.pt'}: does not fit this run ({error!r}); was it "
+                                  "written with another config? Resume with the run's own config.json") from None
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
-        ckpt.set_rng_state(ckpt.load_state(folder / f"rng-rank{self.ctx.rank}.pt"), self.device)
+        ckpt.set_rng_state(files["rng"], device)
         if self.ctx.is_main:
             print(f"resumed from {folder} at step {self.step}")
         return True

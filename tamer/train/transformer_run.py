@@ -21,6 +21,7 @@ from ..conditioning import ConditioningConfig
 from ..config import ConfigError, from_dict, merge, parse_overrides, read_yaml, to_dict
 from ..data import DataConfig, build_dataset
 from ..data.codes import cached_codes, encode_dataset, fingerprint
+from ..guards import prepare_run_folder
 from ..nn.gpt import GPTConfig
 from ..token_order import TokenOrderName
 from ..transformer import Transformer, TransformerConfig
@@ -253,7 +254,9 @@ def coded_dataset(config: TransformerRunConfig, data: DataConfig, model: Transfo
     return dataset
 
 
-def train_transformer(config: TransformerRunConfig, run_dir: str | Path, resume: bool = False) -> dict[str, float]:
+def train_transformer(config: TransformerRunConfig, run_dir: str | Path, resume: bool = False,
+                      overwrite: bool = False) -> dict[str, float]:
+    prepare_run_folder(run_dir, resume, overwrite)  # before any work: a new run never lands in an old one
     run_dir = Path(run_dir)
     context = setup(config.train.device)
     try:

@@ -11,6 +11,7 @@ from ..checkpoints import load, load_state_dict_strict
 from ..compat.taming import read_taming_checkpoint, submodule_state
 from ..config import ConfigError, from_dict, merge, parse_overrides, read_yaml, to_dict
 from ..data import DataConfig, build_dataset
+from ..guards import prepare_run_folder
 from ..losses import VQGANLoss, VQGANLossConfig
 from ..nn.perceptual import lpips_from_compvis, lpips_unavailable_reason
 from ..vqgan import VQGAN, VQGANConfig
@@ -67,7 +68,9 @@ def build_model_and_loss(config: VQGANRunConfig) -> tuple[VQGAN, VQGANLoss]:
     return model.train(), loss
 
 
-def train_vqgan(config: VQGANRunConfig, run_dir: str | Path, resume: bool = False) -> dict[str, float]:
+def train_vqgan(config: VQGANRunConfig, run_dir: str | Path, resume: bool = False,
+                overwrite: bool = False) -> dict[str, float]:
+    prepare_run_folder(run_dir, resume, overwrite)  # before any work: a new run never lands in an old one
     context = setup(config.train.device)
     try:
         torch.manual_seed(config.train.seed)  # the same initial weights for any number of processes
