@@ -124,8 +124,8 @@ def test_each_kind_trains_with_the_stage_1_trainer(name, tmp_path):
     overrides = [f"model.quantizer.{key}={value if not isinstance(value, list) else str(value).replace(' ', '')}"
                  for key, value in {"kind": "vq", **KINDS[name]}.items()]
     config = load_run_config(ROOT / "configs/vqgan_tiny_cpu.yaml",
-                             MICRO + ["model.quantizer.l2_normalize=false", "model.quantizer.dead_code_threshold=0",
-                                      *overrides])
+                             MICRO + ["model.quantizer.l2_normalize=false", "model.quantizer.ema=false",
+                                      "model.quantizer.dead_code_threshold=0", *overrides])
     train_vqgan(config, tmp_path)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     pixel = {r["step"]: r["pixel_loss"] for r in records if "pixel_loss" in r}
@@ -245,7 +245,8 @@ def test_resume_from_a_checkpoint_follows_the_same_trajectory(name, tmp_path):
     overrides = [f"model.quantizer.{key}={str(value).replace(' ', '')}"
                  for key, value in {"kind": "vq", **options}.items()]
     config = load_run_config(ROOT / "configs/vqgan_tiny_cpu.yaml", MICRO + [
-        "model.quantizer.l2_normalize=false", "model.quantizer.dead_code_threshold=0", *overrides, "train.steps=6",
+        "model.quantizer.l2_normalize=false", "model.quantizer.ema=false", "model.quantizer.dead_code_threshold=0",
+        *overrides, "train.steps=6",
         "train.checkpoint_every=3", "train.schedule=constant", "loss.disc_start=2", "loss.disc_warmup_steps=1"])
     train_vqgan(config, tmp_path / "straight")
     train_vqgan(config, tmp_path / "resumed")
