@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "and metrics are deleted)")
 
     sub = command("demo", "Train a tiny VQGAN and class- and segmentation-conditional transformers on the built-in "
-                  "data (about 10 min on 2 CPU cores), sample, judge, and write an HTML page.", _demo)
+                  "data (about 13 min on 2 CPU cores), sample, judge, and write an HTML page.", _demo)
     sub.add_argument("--quick", action="store_true", help="a one-minute version (little training: expect noise)")
     sub.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")
     sub.add_argument("--device", default="auto")

@@ -46,7 +46,7 @@ def test_quick_demo_from_the_command_line(tmp_path):
 
 
 #: a little under the figures of the shipped demo (README): a change that makes the demo worse fails the slow test
-FLOORS = {"psnr": 24.5, "ssim": 0.65, "codebook_usage": 0.9, "judge_on_reconstructions": 0.4,
+FLOORS = {"psnr": 24.5, "ssim": 0.65, "codebook_usage": 0.9, "judge_on_reconstructions": 0.45,
           "class_accuracy": 0.0, "class_accuracy_cfg": 0.05, "seg_miou": 0.05, "window_miou": 0.05}
 
 
