@@ -30,3 +30,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def class_model(tmp_path_factory):
+    """A saved micro class-conditional transformer (``test_transformer.CLASS``), the same weights in every module."""
+    from test_transformer import CLASS, make_model
+
+    path = tmp_path_factory.mktemp("models") / "class"
+    torch.manual_seed(0)
+    make_model(CLASS).save(path)
+    return path

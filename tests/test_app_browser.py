@@ -45,14 +45,6 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def class_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("models") / "class"
-    torch.manual_seed(0)
-    make_model(CLASS).save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def vqgan_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "vqgan"
     torch.manual_seed(1)

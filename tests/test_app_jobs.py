@@ -19,14 +19,6 @@ from tamer.imageio import read_image
 from test_transformer import CLASS, SEG_STAGE, make_model
 
 
-@pytest.fixture(scope="module")
-def class_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("models") / "class"
-    torch.manual_seed(0)
-    make_model(CLASS).save(path)
-    return path
-
-
 def pixels(path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
 

@@ -10,15 +10,7 @@ from PIL import Image
 from tamer.cli import main
 from tamer.generation import label_map_to_png
 
-from test_transformer import CLASS, SEG_STAGE, make_model
-
-
-@pytest.fixture(scope="module")
-def class_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("models") / "class"
-    torch.manual_seed(0)
-    make_model(CLASS).save(path)
-    return path
+from test_transformer import SEG_STAGE, make_model
 
 
 def test_class_samples_grid_codes_and_record(class_model, tmp_path):
