@@ -33,12 +33,19 @@ class _Lines:
         self.stream.flush()
 
 
+class _LogBar(tqdm):
+    """A bar whose ``set_postfix`` waits for the next timed redraw (tqdm's own redraws at once, every step)."""
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = False, **kwargs) -> None:
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+
 def progress_bar(iterable: Iterable[T] | None = None, **kwargs) -> tqdm:
     """``tqdm(iterable, **kwargs)`` that prints whole lines, every ``LOG_INTERVAL`` s at most, off a terminal."""
     stream = kwargs.pop("file", None) or sys.stderr
-    if not (hasattr(stream, "isatty") and stream.isatty()):
-        kwargs["mininterval"] = max(kwargs.get("mininterval", 0.0), LOG_INTERVAL)
-        kwargs.pop("dynamic_ncols", None)  # there is no terminal width to follow
-        kwargs.setdefault("ncols", 110)
-        stream = _Lines(stream)
-    return tqdm(iterable, file=stream, **kwargs)
+    if hasattr(stream, "isatty") and stream.isatty():
+        return tqdm(iterable, file=stream, **kwargs)
+    kwargs["mininterval"] = max(kwargs.get("mininterval", 0.0), LOG_INTERVAL)
+    kwargs.pop("dynamic_ncols", None)  # there is no terminal width to follow
+    kwargs.setdefault("ncols", 110)
+    return _LogBar(iterable, file=_Lines(stream), **kwargs)

@@ -25,3 +25,15 @@ def test_off_a_terminal_progress_prints_a_line_per_interval(monkeypatch):
     bar.close()
     lines = log.getvalue().splitlines()
     assert 4 <= len(lines) <= 7 and all(line.startswith("slow:") for line in lines), lines
+
+
+def test_off_a_terminal_a_postfix_per_step_does_not_redraw_per_step():
+    log = io.StringIO()  # the trainer sets the losses as a postfix after every step
+    bar = progress_bar(total=2000, desc="train", file=log)
+    for step in range(2000):
+        bar.update(1)
+        bar.set_postfix({"loss": f"{1 / (step + 1):.4g}"})
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert 1 <= len(lines) <= 3, lines[:5]
+    assert "loss=" in lines[-1]
