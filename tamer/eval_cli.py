@@ -102,6 +102,8 @@ def add_eval_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
     sub.set_defaults(run=run_classes)
     sub.add_argument("--model", required=True, help="a class-conditional tamer Transformer trained on procedural data")
     sub.add_argument("--plain", action="store_true", help="the model was trained on plain scenes (data.plain)")
+    sub.add_argument("--object-centric", action="store_true",
+                     help="the model was trained on object-centric scenes (data.object_centric)")
     sub.add_argument("--max-distractors", type=guards.non_negative_int, default=4,
                      help="data.max_distractors of the model's training data (default 4, the dataset's)")
     sub.add_argument("-n", "--samples-per-class", type=guards.positive_int, default=20, help="default 20")
@@ -296,7 +298,8 @@ def run_classes(args) -> int:
     height, width = model.config.image_size
     if height != width:
         raise ValueError(f"{args.model}: trained on {height}×{width} images; the built-in scenes are square")
-    scene = {"num_classes": conditioning.num_classes, "max_distractors": args.max_distractors, "plain": args.plain}
+    scene = {"num_classes": conditioning.num_classes, "max_distractors": args.max_distractors, "plain": args.plain,
+             "object_centric": args.object_centric}
     classifier = train_shape_classifier(size=height, steps=args.judge_steps, train_images=args.judge_images,
                                         seed=1, **scene)
     held_out = ProceduralShapes(size=height, length=args.limit, seed=PROCEDURAL_EVAL_SEED, **scene)

@@ -381,3 +381,24 @@ def test_plain_scenes_are_the_textured_scenes_without_texture():
         textured_steps.append((a["image"][:, :, 1:] - a["image"][:, :, :-1]).abs().amax(0)[inside].max())
     assert max(textured_steps) > 0.3  # the same check fails on textured scenes: stripes and checkers
     assert build_dataset({"kind": "procedural", "size": 32, "length": 2, "plain": True}).plain
+
+
+def test_object_centric_scenes_hold_one_large_shape_near_the_centre():
+    from scipy import ndimage
+
+    from tamer.data.procedural import ProceduralShapes
+
+    framed = ProceduralShapes(32, 40, max_distractors=0, plain=True, object_centric=True)
+    default = ProceduralShapes(32, 40, max_distractors=0, plain=True)
+    areas = {"framed": [], "default": []}
+    for name, data in (("framed", framed), ("default", default)):
+        for i in range(len(data)):
+            mask = (data[i]["segmentation"] > 0).numpy()
+            areas[name].append(mask.mean())
+            if name == "framed":
+                if SHAPES[int(data[i]["label"])] != "bars":  # a group of bars is one shape of several pieces
+                    assert ndimage.label(mask, np.ones((3, 3)))[1] == 1, i
+                cy, cx = ndimage.center_of_mass(mask)
+                assert 8 <= cy <= 24 and 8 <= cx <= 24, (i, cy, cx)
+    assert np.mean(areas["framed"]) > 1.25 * np.mean(areas["default"])  # 0.25 against 0.18 of the picture
+    assert build_dataset({"kind": "procedural", "size": 32, "length": 2, "object_centric": True}).object_centric

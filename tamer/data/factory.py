@@ -44,6 +44,7 @@ class DataConfig:
     seed: int = 0
     max_distractors: int = 4  # procedural: shapes of other kinds per scene (0: only the labelled kind)
     plain: bool = False  # procedural: solid shapes over smooth gradients instead of textures
+    object_centric: bool = False  # procedural: one large shape near the centre
 
     def __post_init__(self):
         if self.size < 1:
@@ -71,7 +72,7 @@ def build_dataset(config: DataConfig | dict) -> Dataset:
         reshape = config.crop not in (None, config.size) or config.flip
         transform = ImageTransform(None, config.crop, config.random_crop, config.flip) if reshape else None
         return ProceduralShapes(config.size, config.length, config.num_classes, config.seed, transform,
-                                config.max_distractors, config.plain)
+                                config.max_distractors, config.plain, config.object_centric)
     transform = ImageTransform(config.size, config.crop, config.random_crop, config.flip)
     path = Path(config.path)
     if config.kind == "folder":

@@ -156,9 +156,12 @@ def _random_texture(rng: np.random.Generator, kinds: range | list[int], muted: b
                     lattice=rng.uniform(0, 1, (6, 6)).astype(np.float32))
 
 
-def _random_shape(rng: np.random.Generator, kind: int, main: bool) -> _Shape:
-    radius = rng.uniform(0.2, 0.32) if main else rng.uniform(0.07, 0.16)
-    low, high = (0.25, 0.75) if main else (0.1, 0.9)
+def _random_shape(rng: np.random.Generator, kind: int, main: bool, large: bool = False) -> _Shape:
+    if large:  # the object-centric framing: one shape filling most of the picture, near the centre
+        radius, (low, high) = rng.uniform(0.3, 0.42), (0.4, 0.6)
+    else:
+        radius = rng.uniform(0.2, 0.32) if main else rng.uniform(0.07, 0.16)
+        low, high = (0.25, 0.75) if main else (0.1, 0.9)
     return _Shape(kind=kind, cx=float(rng.uniform(low, high)), cy=float(rng.uniform(low, high)), radius=float(radius),
                   angle=float(rng.uniform(0, 2 * math.pi)), depth=float(rng.uniform(-0.3, 0.8)),
                   tilt=(float(rng.uniform(-0.5, 0.5)), float(rng.uniform(-0.5, 0.5))),
@@ -198,15 +201,17 @@ def _dominant(segmentation: np.ndarray, label: int) -> bool:
 
 
 def render_scene(size: int, label: int, rng: np.random.Generator, max_distractors: int = 4,
-                 plain: bool = False) -> Scene:
+                 plain: bool = False, object_centric: bool = False) -> Scene:
     """Draw a scene whose dominant shape kind is ``SHAPES[label]``, all randomness from ``rng``: one or two shapes
     of that kind and 1 to ``max_distractors`` of other kinds (none when it is 0). ``plain`` paints the same scene
     without fine texture: solid shapes over a smooth gradient (the random draws are the same, so the geometry and
-    colours match the textured scene)."""
+    colours match the textured scene). ``object_centric`` draws a single shape of the kind, large (radius 0.3 to
+    0.42 of the side) and near the centre, as photos of class-labelled datasets frame their object."""
     background = _random_texture(rng, [1, 2, 3, 4], muted=True)
     horizon = (float(rng.uniform(-1.0, -0.9)), float(rng.uniform(-0.7, -0.5)))  # far at the top, nearer below
     others = [k for k in range(len(SHAPES)) if k != label]
-    shapes = [_random_shape(rng, label, main=True) for _ in range(int(rng.integers(1, 3)))]
+    count = 1 if object_centric else int(rng.integers(1, 3))
+    shapes = [_random_shape(rng, label, main=True, large=object_centric) for _ in range(count)]
     n_distractors = int(rng.integers(1, max_distractors + 1)) if max_distractors > 0 else 0
     shapes += [_random_shape(rng, int(rng.choice(others)), main=False) for _ in range(n_distractors)]
     for shape in shapes:
@@ -247,12 +252,13 @@ class ProceduralShapes(Dataset):
     the [-1, 1] image convention so a conditioning VQGAN reads it like any image). ``transform`` (an
     ``ImageTransform``) crops and flips all maps together; the label describes the whole drawn scene.
     ``max_distractors`` bounds the shapes of other kinds per scene; ``plain`` drops the fine textures (solid
-    shapes over smooth gradients), which a tokenizer trained for minutes on a CPU can reproduce.
+    shapes over smooth gradients), which a tokenizer trained for minutes on a CPU can reproduce; ``object_centric``
+    draws one large shape near the centre (see :func:`render_scene`).
     """
 
     def __init__(self, size: int = 64, length: int = 10_000, num_classes: int = len(SHAPES), seed: int = 0,
                  transform: Callable[[Sample], Sample] | None = None, max_distractors: int = 4,
-                 plain: bool = False):
+                 plain: bool = False, object_centric: bool = False):
         if size < 16:  # below that a shape can fall between pixel centres and the label would lie
             raise ValueError(f"size: expected at least 16 pixels, got {size}")
         if length < 1:
@@ -263,7 +269,7 @@ class ProceduralShapes(Dataset):
             raise ValueError(f"seed: expected a non-negative integer, got {seed}")
         if max_distractors < 0:
             raise ValueError(f"max_distractors: expected 0 or more, got {max_distractors}")
-        self.max_distractors, self.plain = max_distractors, plain
+        self.max_distractors, self.plain, self.object_centric = max_distractors, plain, object_centric
         self.size, self.length, self.num_classes, self.seed, self.transform = size, length, num_classes, seed, transform
         self.classes = list(SHAPES[:num_classes])
         self.num_segmentation_labels = NUM_SEGMENTATION_LABELS
@@ -278,7 +284,7 @@ class ProceduralShapes(Dataset):
         index %= self.length
         rng = np.random.default_rng([self.seed, index])
         return render_scene(self.size, int(rng.integers(self.num_classes)), rng, self.max_distractors,
-                            self.plain)
+                            self.plain, self.object_centric)
 
     def __getitem__(self, index: int) -> Sample:
         scene = self.scene(index)

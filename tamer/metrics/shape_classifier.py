@@ -68,10 +68,11 @@ def render_training_scenes(size: int, count: int, seed: int, keys: tuple[str, ..
 
 
 def train_shape_classifier(size: int = 32, num_classes: int = 10, steps: int = 1000, batch_size: int = 64,
-                           seed: int = 0, lr: float = 2e-3, max_distractors: int = 4, plain: bool = False,
-                           train_images: int = 10_000, blur: float = JUDGE_BLUR, progress: bool = True,
-                           scenes: dict[str, torch.Tensor] | None = None) -> ShapeClassifier:
-    """Train on ``train_images`` real ``ProceduralShapes(size, seed=seed, max_distractors=..., plain=...)`` scenes,
+                           seed: int = 0, lr: float = 2e-3, train_images: int = 10_000, blur: float = JUDGE_BLUR,
+                           progress: bool = True, scenes: dict[str, torch.Tensor] | None = None,
+                           **scene) -> ShapeClassifier:
+    """Train on ``train_images`` real ``ProceduralShapes(size, seed=seed, **scene)`` scenes (``scene``: the
+    dataset's framing options, ``max_distractors``, ``plain``, ``object_centric``),
     rendered once and shown with random mirror flips and, with ``blur > 0``, a random Gaussian blur of sigma up to
     ``blur`` pixels. The blur makes the judge name the shape rather than its texture: a small tokenizer drops fine
     texture (its reconstructions are blurred), and a judge that needs the texture would call even a perfect
@@ -82,7 +83,7 @@ def train_shape_classifier(size: int = 32, num_classes: int = 10, steps: int = 1
     torch.manual_seed(seed)
     if scenes is None:
         scenes = render_training_scenes(size, train_images, seed, ("image", "label"), num_classes=num_classes,
-                                        max_distractors=max_distractors, plain=plain, progress=progress)
+                                        progress=progress, **scene)
     images, labels = scenes["image"], scenes["label"]
     model = ShapeClassifier(ShapeClassifierConfig(num_classes=num_classes))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)

@@ -67,18 +67,18 @@ class ShapeSegmenter(nn.Module, Pretrained):
 
 
 def train_shape_segmenter(size: int = 32, steps: int = 600, batch_size: int = 32, seed: int = 0, lr: float = 3e-3,
-                          max_distractors: int = 4, plain: bool = False, train_images: int = 4000,
-                          blur: float = JUDGE_BLUR, progress: bool = True,
-                          scenes: dict[str, torch.Tensor] | None = None) -> ShapeSegmenter:
-    """Train on ``train_images`` real scenes, shown with random mirror flips and a random blur of sigma up to
-    ``blur`` pixels (a small tokenizer's samples are blurred; the judge must still find the shapes in them).
-    ``scenes``: already rendered ``"image"`` and ``"segmentation"`` tensors to learn from instead."""
+                          train_images: int = 4000, blur: float = JUDGE_BLUR, progress: bool = True,
+                          scenes: dict[str, torch.Tensor] | None = None, **scene) -> ShapeSegmenter:
+    """Train on ``train_images`` real ``ProceduralShapes(size, seed=seed, **scene)`` scenes, shown with random
+    mirror flips and a random blur of sigma up to ``blur`` pixels (a small tokenizer's samples are blurred; the judge
+    must still find the shapes in them). ``scenes``: already rendered ``"image"`` and ``"segmentation"`` tensors to
+    learn from instead."""
     from torchvision.transforms.v2.functional import gaussian_blur
 
     torch.manual_seed(seed)
     if scenes is None:
-        scenes = render_training_scenes(size, train_images, seed, ("image", "segmentation"),
-                                        max_distractors=max_distractors, plain=plain, progress=progress)
+        scenes = render_training_scenes(size, train_images, seed, ("image", "segmentation"), progress=progress,
+                                        **scene)
     images, maps = scenes["image"], scenes["segmentation"]
     model = ShapeSegmenter(ShapeSegmenterConfig())
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
