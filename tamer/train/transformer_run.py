@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 
 from ..checkpoints import load
+from ..class_names import class_set_difference
 from ..conditioning import ConditioningConfig
 from ..config import ConfigError, from_dict, merge, parse_overrides, read_yaml, to_dict
-from ..data import DataConfig, build_dataset
+from ..data import ClassFolder, DataConfig, build_dataset
 from ..data.codes import cached_codes, encode_dataset, fingerprint
 from ..guards import prepare_run_folder
 from ..nn.gpt import GPTConfig
@@ -139,17 +140,21 @@ def _grid(side: int, factor: int, key: str, what: str, codes_per_position: int =
 
 
 def derive_config(config: TransformerRunConfig, first_stage: VQGANConfig, cond_stage: VQGANConfig | None,
-                  num_classes: int | None) -> TransformerConfig:
-    """The :class:`TransformerConfig` a run config means, given its stages and the data's number of classes."""
+                  classes: list[str] | None) -> TransformerConfig:
+    """The :class:`TransformerConfig` a run config means, given its stages and the data's class names (which the
+    model keeps, unless the config names its classes itself)."""
     side = _side(config.data)
     size_key = "data.crop" if config.data.crop else "data.size"
     code_shape = _grid(side, first_stage.downsample_factor, size_key, "the first stage",
                        first_stage.quantizer.codes_per_position)
+    num_classes = len(classes) if classes is not None else None
     given_classes = config.model.conditioning.get("num_classes")
     conditioning = config.model.conditioning_config(num_classes=given_classes or num_classes, stage=cond_stage)
     if conditioning.kind == "class" and num_classes is not None and conditioning.num_classes < num_classes:
         raise ConfigError(f"model.conditioning.num_classes: {conditioning.num_classes} is too small; the data has "
                           f"{num_classes} classes")
+    if conditioning.kind == "class" and conditioning.class_names is None and classes is not None:
+        conditioning = replace(conditioning, class_names=tuple(classes))
 
     if conditioning.kind in ("none", "class"):
         cond_length = 1
@@ -180,9 +185,18 @@ def derive_config(config: TransformerRunConfig, first_stage: VQGANConfig, cond_s
                              conditioning=conditioning, code_shape=code_shape, token_order=config.model.token_order)
 
 
-def _num_classes(dataset) -> int | None:
+def _classes(dataset) -> list[str] | None:
     classes = getattr(dataset, "classes", None)
-    return len(classes) if classes is not None else None
+    return list(classes) if classes is not None else None
+
+
+def check_same_classes(train_data, val_data) -> None:
+    """A held-out class folder with other classes than the training folder is refused: its labels would shift."""
+    if isinstance(train_data, ClassFolder) and isinstance(val_data, ClassFolder):
+        problem = class_set_difference(train_data.classes, val_data.classes, f"val_data.path {val_data.root}",
+                                       "the training data's")
+        if problem:
+            raise ConfigError(problem)
 
 
 def check_items(config: TransformerRunConfig, conditioning: ConditioningConfig, dataset, where: str) -> None:
@@ -206,7 +220,7 @@ def build_transformer(config: TransformerRunConfig, train_data) -> Transformer:
         raise ConfigError(f"cond_stage: {config.cond_stage} reads 3-channel images, not segmentation label maps; "
                           "train one with configs/vqgan_tiny_seg.yaml")
     model_config = derive_config(config, first.config, cond.config if cond is not None else None,
-                                 _num_classes(train_data))
+                                 _classes(train_data))
     model = Transformer(model_config)
     model.first_stage_model.load_state_dict(first.state_dict())
     if cond is not None:
@@ -262,6 +276,9 @@ def train_transformer(config: TransformerRunConfig, run_dir: str | Path, resume:
     try:
         torch.manual_seed(config.train.seed)  # the same initial GPT on every process
         raw_train = build_dataset(_cacheable(config.data) if config.cache_codes else config.data)
+        raw_val = build_dataset(config.val_data) if config.val_data is not None else None  # lists files only
+        if raw_val is not None:
+            check_same_classes(raw_train, raw_val)  # before any encoding or training
         model = build_transformer(config, raw_train).to(context.device)
         conditioning = model.conditioning
         if config.cache_codes:
@@ -273,7 +290,7 @@ def train_transformer(config: TransformerRunConfig, run_dir: str | Path, resume:
         else:
             check_items(config, conditioning, raw_train, "data")
             train_data = raw_train
-            val_data = build_dataset(config.val_data) if config.val_data is not None else None
+            val_data = raw_val
             if val_data is not None:
                 check_items(config, conditioning, val_data, "val_data")
         task = TransformerTask(model, pkeep=config.pkeep, cond_dropout=config.cond_dropout, image_key=config.image_key)
