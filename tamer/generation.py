@@ -123,7 +123,8 @@ def _progress(total: int, description: str, enabled: bool):
 def sample_to_folder(model: Transformer, request: SampleRequest, settings: SamplingSettings, out: str | Path,
                      progress: bool = True, callback: Callback | None = None) -> Path:
     """Write ``sample-<seed>.png`` per sample, ``grid.png`` (one row per class when class-conditional, and then
-    ``grid-labelled.png``, enlarged with each row named by its class), ``codes.npy`` (``N×h×w``) and ``sample.json`` (settings, seeds, model) into ``out``."""
+    ``grid-labelled.png``, enlarged with each row named by its class), ``codes.npy`` (``N×h×w``) and
+    ``sample.json`` (settings, seeds, model) into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     images, codes, seeds = sample_images(model, request, settings, progress, callback)

@@ -26,9 +26,10 @@ from ..progress import progress_bar
 from ..checkpoints import CheckpointError
 from ..imageio import save_image
 from . import checkpointing as ckpt
-from .config import TrainConfig
+from .config import TrainConfig, effective_ema_decay
 from .distributed import DistributedContext, all_reduce_mean, barrier, setup
 from .sampling import ResumableSampler, SeededItems
+from .selection import BEST_FOLDER, Best, export_best, improved, save_best
 
 
 class TrainingDiverged(RuntimeError):
@@ -37,6 +38,7 @@ class TrainingDiverged(RuntimeError):
 
 class Task(Protocol):
     model_name: str  # the module that is exported, validated and averaged by EMA
+    best_metric: tuple[str, str]  # the validation figure that picks the exported model, and "min" or "max"
 
     def modules(self) -> dict[str, nn.Module]: ...
 
@@ -94,8 +96,10 @@ class Trainer:
         self.lr_factor = learning_rate_factor(config)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         model = self.raw[task.model_name]
-        self.ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
-                    if config.ema_decay else None)
+        ema_decay, self.ema_note = effective_ema_decay(config)
+        if self.ema_note and self.ctx.is_main:
+            print(f"note: {self.ema_note}")
+        self.ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay)) if ema_decay else None)
 
         self.sampler = ResumableSampler(len(train_data), config.seed, self.ctx.rank, self.ctx.world_size)
         if len(self.sampler) < config.batch_size:
@@ -103,6 +107,9 @@ class Trainer:
                              f"train.batch_size={config.batch_size}")
         self.train_data = SeededItems(train_data, config.seed)
         self.step, self.epoch, self.position = 0, 0, 0
+        self.best: Best | None = None  # the best validation so far, whose model is in RUN/best
+        self.last_validation: dict[str, float] = {}
+        self.summary = ""  # which model RUN/model holds, and why (printed at the end)
         self._writer = None
 
     # -- set-up helpers ---------------------------------------------------------------------------------------
@@ -182,11 +189,29 @@ class Trainer:
             progress.set_postfix({k: f"{v:.4g}" for k, v in list(totals.items())[:4]})
             self._after_step(totals, batch, started)
         progress.close()
-        final = self.run / "model"
         if self.ctx.is_main:
-            self.task.export(self.exported_model(), final)
+            self.summary = self._export_final(self.run / "model")
+            print(self.summary)
         barrier()
         return last_logs
+
+    def _export_final(self, final: Path) -> str:
+        """``RUN/model``: the best validated model when there was validation, else the last; says which and why."""
+        steps, kind = self.config.steps, " (EMA weights)" if self.ema is not None else ""
+        last = ckpt.step_folder(self.run, self.step) / "model"
+        if self.val_data is None or self.best is None or not (self.run / BEST_FOLDER).is_dir():
+            self.task.export(self.exported_model(), final)
+            why = "no val_data to choose by" if self.val_data is None else "no validation figure to choose by"
+            return f"exported the last step, {self.step}, to {final}{kind}: {why}"
+        export_best(self.run, final)
+        b = self.best
+        figure = f"held-out {b.metric} {b.value:.4g}"
+        if b.step == self.step:
+            return f"exported step {b.step} (the last) to {final}{kind}: it has the best {figure}"
+        latest = self.last_validation.get(b.metric)
+        then = f" against {latest:.4g} at step {self.step}" if latest is not None else ""
+        return (f"exported step {b.step} of {steps} to {final}{kind}: it has the best {figure}{then} "
+                f"({'lower' if b.mode == 'min' else 'higher'} is better); the last step's model is {last}")
 
     def _losses(self, batch) -> Iterator[tuple[str, torch.Tensor, dict]]:
         """The task's losses, each forward pass under autocast, each backward pass (by the caller) outside it."""
@@ -261,8 +286,14 @@ class Trainer:
             batches = (_to(b, self.device) for i, b in zip(range(self.config.val_batches), loader))
             with torch.no_grad(), self._autocast():
                 metrics = self.task.validate(model, batches)
-            model.train(was_training)
             self._log({"step": self.step, **{f"val/{k}": v for k, v in metrics.items()}})
+            self.last_validation = metrics
+            metric, mode = getattr(self.task, "best_metric", (None, "min"))
+            new = improved(self.best, metrics, metric, mode, self.step) if metric else None
+            if new is not None:
+                self.best = new
+                save_best(self.run, new, lambda folder: self.task.export(model, folder))
+            model.train(was_training)
         barrier()
         return metrics
 
@@ -309,6 +340,7 @@ class Trainer:
                 "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
                 "scaler": self.scaler.state_dict(),
                 "task": self.task.state_dict(),
+                "best": None if self.best is None else vars(self.best).copy(),
             }, tmp / "training_state.pt")
 
     def restore(self) -> bool:
@@ -345,6 +377,7 @@ class Trainer:
             raise CheckpointError(f"{folder / 'training_state.pt'}: does not fit this run ({error!r}); was it "
                                   "written with another config? Resume with the run's own config.json") from None
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
+        self.best = Best(**state["best"]) if state.get("best") else None  # older checkpoints have none
         ckpt.set_rng_state(files["rng"], device)
         if self.ctx.is_main:
             print(f"resumed from {folder} at step {self.step}")
