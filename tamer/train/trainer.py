@@ -21,10 +21,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
-from ..progress import progress_bar
 
 from ..checkpoints import CheckpointError
+from ..curves import write_curves
 from ..imageio import save_image
+from ..progress import progress_bar
 from . import checkpointing as ckpt
 from .config import TrainConfig, effective_ema_decay
 from .distributed import DistributedContext, all_reduce_mean, barrier, setup
@@ -111,6 +112,7 @@ class Trainer:
         self.last_validation: dict[str, float] = {}
         self.summary = ""  # which model RUN/model holds, and why (printed at the end)
         self._writer = None
+        self._curves_failed = False
 
     # -- set-up helpers ---------------------------------------------------------------------------------------
     def _wrap(self, module: nn.Module) -> nn.Module:
@@ -268,6 +270,18 @@ class Trainer:
             self.validate()
         if self.step % c.checkpoint_every == 0 or self.step == c.steps:
             self.save_checkpoint()
+            if self.ctx.is_main:
+                self._write_curves()
+
+    def _write_curves(self) -> None:
+        """``RUN/curves.png`` from metrics.jsonl; a missing matplotlib or a drawing error never stops training."""
+        if self._curves_failed:
+            return
+        try:
+            write_curves(self.run)
+        except Exception as error:  # noqa: BLE001 - a picture is not worth a run
+            self._curves_failed = True
+            print(f"note: {self.run / 'curves.png'} not written ({error}); metrics.jsonl has the numbers")
 
     def _mean_over_ranks(self, logs: dict[str, float]) -> dict[str, float]:
         if self.ctx.world_size == 1 or not logs:
