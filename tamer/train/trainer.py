@@ -31,6 +31,11 @@ from .config import TrainConfig, effective_ema_decay
 from .distributed import DistributedContext, all_reduce_mean, barrier, setup
 from .sampling import ResumableSampler, SeededItems
 from .selection import BEST_FOLDER, Best, export_best, improved, save_best
+from .summary import time_estimate
+
+
+#: the steps after the first whose time estimates the run's (printed once, with a warning for days)
+TIMED_STEPS = 5
 
 
 class TrainingDiverged(RuntimeError):
@@ -164,7 +169,9 @@ class Trainer:
                         desc=f"train {self.task.model_name}", dynamic_ncols=True)
         last_logs: dict[str, float] = {}
         started = time.perf_counter()
+        timed: list[float] = []  # compute time of this process's steps 2..TIMED_STEPS + 1 (step 1 warms up)
         while self.step < self.config.steps:
+            step_started = time.perf_counter()
             self._set_learning_rates()
             for optimizer in self.optimizers.values():
                 optimizer.zero_grad(set_to_none=True)
@@ -187,6 +194,10 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update_parameters(self.raw[self.task.model_name])
             last_logs = totals
+            timed.append(time.perf_counter() - step_started)
+            if len(timed) == TIMED_STEPS + 1 and self.ctx.is_main:
+                progress.write(time_estimate(sum(timed[1:]) / TIMED_STEPS, (self.step - TIMED_STEPS + 1, self.step),
+                                             self.config.steps - self.step))
             progress.update(1)
             progress.set_postfix({k: f"{v:.4g}" for k, v in list(totals.items())[:4]})
             self._after_step(totals, batch, started)

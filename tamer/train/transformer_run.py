@@ -29,6 +29,7 @@ from ..transformer import Transformer, TransformerConfig
 from ..vqgan import VQGAN, VQGANConfig
 from .config import TrainConfig
 from .distributed import DistributedContext, barrier, setup, teardown
+from .summary import fit_data_sizes, start_line
 from .trainer import Trainer
 from .transformer_task import TransformerTask
 
@@ -275,6 +276,8 @@ def train_transformer(config: TransformerRunConfig, run_dir: str | Path, resume:
     context = setup(config.train.device)
     try:
         torch.manual_seed(config.train.seed)  # the same initial GPT on every process
+        config.data, config.val_data = fit_data_sizes(config.data, config.val_data,
+                                                      report=print if context.is_main else lambda _: None)
         raw_train = build_dataset(_cacheable(config.data) if config.cache_codes else config.data)
         raw_val = build_dataset(config.val_data) if config.val_data is not None else None  # lists files only
         if raw_val is not None:
@@ -300,10 +303,13 @@ def train_transformer(config: TransformerRunConfig, run_dir: str | Path, resume:
         trainer = Trainer(task, config.train, train_data, run_dir, val_data=val_data,
                           run_config={**to_dict(config), "resolved": resolved}, context=context)
         if context.is_main:
-            h, w = model.config.code_shape
-            print(f"transformer: {resolved['gpt_parameters'] / 1e6:.2f}M GPT parameters, {h}×{w} codes of "
-                  f"{model.image_vocab_size}, block_size {model.config.gpt.block_size}, vocab_size "
-                  f"{model.config.gpt.vocab_size} (uniform: {math.log(model.image_vocab_size):.3f} nats/token)")
+            classes = conditioning.class_names
+            extra = (f" in the GPT (block_size {model.config.gpt.block_size}, vocab_size {model.config.gpt.vocab_size}"
+                     f"; uniform NLL {math.log(model.image_vocab_size):.3f} nats/token)"
+                     + (f", {len(classes)} classes" if classes else ""))
+            print(start_line(f"transformer ({conditioning.kind} condition)", len(raw_train), config.data,
+                             model.config.code_shape, model.image_vocab_size, resolved["gpt_parameters"],
+                             config.train.precision, trainer.device, extra))
         return trainer.fit(resume=resume)
     finally:
         teardown()

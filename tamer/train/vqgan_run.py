@@ -17,6 +17,7 @@ from ..nn.perceptual import lpips_from_compvis, lpips_unavailable_reason
 from ..vqgan import VQGAN, VQGANConfig
 from .config import TrainConfig
 from .distributed import setup, teardown
+from .summary import fit_data_sizes, parameter_count, start_line
 from .trainer import Trainer
 from .vqgan_task import VQGANTask
 
@@ -74,6 +75,8 @@ def train_vqgan(config: VQGANRunConfig, run_dir: str | Path, resume: bool = Fals
     context = setup(config.train.device)
     try:
         torch.manual_seed(config.train.seed)  # the same initial weights for any number of processes
+        config.data, config.val_data = fit_data_sizes(config.data, config.val_data,
+                                                      report=print if context.is_main else lambda _: None)
         model, loss = build_model_and_loss(config)
         loss = loss.to(context.device)  # LPIPS too, not only the discriminator that the trainer moves
         task = VQGANTask(model, loss, image_key=config.image_key)
@@ -81,6 +84,11 @@ def train_vqgan(config: VQGANRunConfig, run_dir: str | Path, resume: bool = Fals
         val_data = build_dataset(config.val_data) if config.val_data is not None else None
         trainer = Trainer(task, config.train, train_data, run_dir, val_data=val_data, run_config=to_dict(config),
                           context=context)
+        if context.is_main:
+            side = config.data.crop or config.data.size
+            print(start_line("vqgan", len(train_data), config.data, model.code_shape(side, side), model.vocab_size,
+                             parameter_count(model), config.train.precision, trainer.device,
+                             f" (+{parameter_count(loss.discriminator) / 1e6:.2f}M discriminator)"))
         return trainer.fit(resume=resume)
     finally:
         teardown()
