@@ -25,11 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import checked_keywords
 from .vqgan import VQGAN, VQGANConfig
 
 ConditionKind = Literal["none", "class", "spatial", "coord"]
 
 
+@checked_keywords
 @dataclass
 class ConditioningConfig:
     kind: ConditionKind = "none"

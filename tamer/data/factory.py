@@ -9,7 +9,7 @@ from typing import Literal
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..config import from_dict
+from ..config import checked_keywords, from_dict
 from .folders import ClassFolder, ImageFileList, ImageFolder, SegmentationPairs
 from .procedural import SHAPES, ProceduralShapes
 from .transforms import ImageTransform
@@ -17,6 +17,7 @@ from .transforms import ImageTransform
 DataKind = Literal["folder", "filelist", "classes", "pairs", "procedural"]
 
 
+@checked_keywords
 @dataclass
 class DataConfig:
     """Which images, and how they are shaped.

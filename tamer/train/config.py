@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ..config import checked_keywords
 
+
+@checked_keywords
 @dataclass
 class TrainConfig:
     steps: int = 1000

@@ -23,6 +23,7 @@ from ..config import ConfigError, from_dict, merge, parse_overrides, read_yaml, 
 from ..data import ClassFolder, DataConfig, build_dataset
 from ..data.codes import cached_codes, encode_dataset, fingerprint
 from ..guards import prepare_run_folder
+from ..presets import preset_path
 from ..nn.gpt import GPTConfig
 from ..token_order import TokenOrderName
 from ..transformer import Transformer, TransformerConfig
@@ -107,8 +108,9 @@ class TransformerRunConfig:
 
 
 def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> TransformerRunConfig:
-    """A preset file with ``key=value`` overrides on top; every key and value is checked."""
-    document = read_yaml(path) if path else {}
+    """A preset (a YAML file, or a shipped preset's name such as ``vqgan_tiny_cpu``) with ``key=value``
+    overrides on top; every key and value is checked."""
+    document = read_yaml(preset_path(path)) if path else {}
     document = merge(document, parse_overrides(overrides or []))
     document["train"] = merge(TRAIN_DEFAULTS, document.get("train") or {})
     return from_dict(TransformerRunConfig, document)

@@ -12,6 +12,7 @@ from ..compat.taming import read_taming_checkpoint, submodule_state
 from ..config import ConfigError, from_dict, merge, parse_overrides, read_yaml, to_dict
 from ..data import DataConfig, build_dataset
 from ..guards import prepare_run_folder
+from ..presets import preset_path
 from ..losses import VQGANLoss, VQGANLossConfig
 from ..nn.perceptual import lpips_from_compvis, lpips_unavailable_reason
 from ..vqgan import VQGAN, VQGANConfig
@@ -39,8 +40,9 @@ class VQGANRunConfig:
 
 
 def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> VQGANRunConfig:
-    """A preset file with ``key=value`` overrides on top; every key and value is checked."""
-    document = read_yaml(path) if path else {}
+    """A preset (a YAML file, or a shipped preset's name such as ``vqgan_tiny_cpu``) with ``key=value``
+    overrides on top; every key and value is checked."""
+    document = read_yaml(preset_path(path)) if path else {}
     return from_dict(VQGANRunConfig, merge(document, parse_overrides(overrides or [])))
 
 
