@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import guards
 from .cli_errors import debug_requested, run_reporting
+from .curves import CurvesUnavailable
 from .guards import set_max_pixels
 from .presets import preset_path
 from .train.trainer import TrainingDiverged
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if getattr(args, "max_pixels", None) is not None:
         set_max_pixels(args.max_pixels)
-    return run_reporting(args.command, lambda: args.run(args), debug, also=(TrainingDiverged,))
+    return run_reporting(args.command, lambda: args.run(args), debug, also=(TrainingDiverged, CurvesUnavailable))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,10 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     from .app_cli import add_app_command
     from .eval_cli import add_eval_command
+    from .plot_cli import add_plot_command
     from .sample_cli import add_sample_command, height_by_width
 
     add_app_command(commands)
     add_eval_command(commands)
+    add_plot_command(commands)
     add_sample_command(commands)
 
     def command(name: str, help: str, run) -> argparse.ArgumentParser:

@@ -25,11 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import checked_keywords
 from .vqgan import VQGAN, VQGANConfig
 
 ConditionKind = Literal["none", "class", "spatial", "coord"]
 
 
+@checked_keywords
 @dataclass
 class ConditioningConfig:
     kind: ConditionKind = "none"
@@ -45,6 +47,10 @@ class ConditioningConfig:
     # Where this stage's ids start in the GPT vocabulary; None: right after the image codebook.
     token_offset: int | None = None
     classifier_free: bool = False
+    # A class condition's names in label order (a class folder's folder names), saved with the model so that
+    # samples can be asked for by name and grids can name their rows; labels past the names (or all, when None)
+    # are known by number only.
+    class_names: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if self.kind == "class" and self.num_classes < 1:
@@ -59,6 +65,15 @@ class ConditioningConfig:
             raise ValueError("conditioning.classifier_free: an unconditional model has nothing to drop")
         if self.token_offset is not None and self.token_offset < 0:
             raise ValueError(f"conditioning.token_offset: must be >= 0, got {self.token_offset}")
+        if self.class_names is not None:
+            self.class_names = tuple(self.class_names)
+            if self.kind != "class":
+                raise ValueError(f"conditioning.class_names: only a class condition has names, not kind={self.kind!r}")
+            if len(self.class_names) > self.num_classes:
+                raise ValueError(f"conditioning.class_names: {len(self.class_names)} names for "
+                                 f"{self.num_classes} classes")
+            if len(set(self.class_names)) != len(self.class_names) or not all(self.class_names):
+                raise ValueError("conditioning.class_names: names must be distinct and non-empty")
 
     @property
     def stage_vocab_size(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import types
 import typing
@@ -19,6 +20,33 @@ class ConfigError(ValueError):
     """A config key or value is wrong; the message names the key."""
 
 
+class UnknownKeyError(ConfigError, TypeError):
+    """A config dataclass built in Python was given a keyword it does not have (a TypeError, as Python's own)."""
+
+
+def unknown_key_message(key: str, known: list[str], where: str) -> str:
+    close = difflib.get_close_matches(str(key), known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{where}: unknown key{hint}; known keys: {', '.join(sorted(known))}"
+
+
+def checked_keywords(cls: type[T]) -> type[T]:
+    """Class decorator (above ``@dataclass``): a typo in ``cls(num_code=3)`` gets the "did you mean" a YAML file
+    gets, instead of Python's bare TypeError."""
+    init = cls.__init__
+    known = [f.name for f in dataclasses.fields(cls) if f.init]
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        for key in kwargs:
+            if key not in known:
+                raise UnknownKeyError(unknown_key_message(key, known, f"{cls.__name__}.{key}"))
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+    return cls
+
+
 def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     """Build dataclass ``cls`` from ``data``, recursively; an unknown key or a wrongly typed value is a ConfigError."""
     if isinstance(data, cls):
@@ -31,9 +59,7 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
         if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{path}: unknown key{hint}; known keys: {', '.join(sorted(fields))}")
+            raise ConfigError(unknown_key_message(key, list(fields), path))
         kwargs[key] = _coerce(hints[key], value, path)
     try:
         return cls(**kwargs)

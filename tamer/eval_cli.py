@@ -2,6 +2,7 @@
 
 - ``tamer eval recon --model M --data DIR|procedural|data.yaml``: PSNR, SSIM, LPIPS, codebook use, rFID.
 - ``tamer eval nll --model M --data DIR|procedural|data.yaml``: held-out NLL/token, bits/token, bits/dim.
+  A folder is read as ``--kind`` says (images, classes, pairs); nll defaults to what the model is conditioned on.
 - ``tamer eval samples --samples DIR --ref DIR|stats.npz``: FID, KID, IS, precision/recall.
 - ``tamer eval reference --images DIR --out stats.npz``: reference statistics, computed once and reused.
 - ``tamer eval classes --model M``: class accuracy of a class-conditional model's samples on the built-in shapes.
@@ -45,6 +46,7 @@ def add_eval_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
                                                f"{PROCEDURAL_EVAL_LENGTH})")
     sub.add_argument("--seed", type=guards.seed, default=PROCEDURAL_EVAL_SEED,
                      help=f"seed of the procedural data (default {PROCEDURAL_EVAL_SEED}, held out from training)")
+    _kind_option(sub, "images")
     sub.add_argument("--vgg", type=Path, help="VGG16 weights for LPIPS (default: torchvision's cache file)")
     sub.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     sub.add_argument("--no-fid", action="store_true", help="skip rFID")
@@ -58,8 +60,8 @@ def add_eval_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
     sub.add_argument("--model", required=True, help="a tamer Transformer folder (or a CompVis transformer .ckpt)")
     sub.add_argument("--config", help="project.yaml of a CompVis .ckpt (found beside it when omitted)")
     sub.add_argument("--data", required=True,
-                     help="an image folder, 'procedural' (the built-in shapes), or a YAML file holding a data config "
-                          "(conditional models need items with their condition: kind classes, pairs or procedural)")
+                     help="a folder (read as --kind says), 'procedural' (the built-in shapes), or a YAML file "
+                          "holding a data config")
     sub.add_argument("--size", type=guards.positive_int,
                      help="image side (default and only choice: the model's training size)")
     sub.add_argument("--limit", type=guards.positive_int,
@@ -67,6 +69,8 @@ def add_eval_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
                                                f"{PROCEDURAL_EVAL_LENGTH})")
     sub.add_argument("--seed", type=guards.seed, default=PROCEDURAL_EVAL_SEED,
                      help=f"seed of the procedural data (default {PROCEDURAL_EVAL_SEED}, held out from training)")
+    _kind_option(sub, "what the model is conditioned on: classes for a class-conditional model, pairs for a "
+                      "segmentation-conditional one, else images")
     sub.add_argument("--image-key", default="image", help="which entry of a data item is the image (default image)")
     sub.add_argument("--batch-size", type=guards.positive_int, default=16, help="default 16")
     sub.add_argument("--workers", type=guards.non_negative_int,
@@ -121,6 +125,28 @@ def add_eval_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
     return evaluate
 
 
+#: ``--kind`` -> DataConfig.kind of a folder given as ``--data``
+FOLDER_KINDS = {"images": "folder", "classes": "classes", "pairs": "pairs"}
+
+
+def _kind_option(sub: argparse.ArgumentParser, default: str) -> None:
+    sub.add_argument("--kind", choices=sorted(FOLDER_KINDS), help="how a --data folder is read: images (every image "
+                     "under it), classes (FOLDER/<class>/<images>) or pairs (FOLDER/images + FOLDER/segmentations) "
+                     f"(default: {default})")
+
+
+def folder_kind(model, kind: str | None) -> str:
+    """The DataConfig kind of a ``--data`` folder: ``--kind``, else what the model's condition needs."""
+    if kind is not None:
+        return FOLDER_KINDS[kind]
+    conditioning = getattr(model.config, "conditioning", None)
+    if conditioning is not None and conditioning.kind == "class":
+        return "classes"
+    if conditioning is not None and conditioning.kind == "spatial" and conditioning.key == "segmentation":
+        return "pairs"
+    return "folder"
+
+
 def _common_options(sub: argparse.ArgumentParser, batch_size: int, out_help: str = "save results as JSON here",
                     out_required: bool = False) -> None:
     sub.add_argument("--inception", type=Path,
@@ -145,8 +171,10 @@ def _stand_in(spec: str | None):
     return torchvision_stand_in(arch, path or None)
 
 
-def data_config(spec: str, size: int | None, default_size: int, limit: int | None, seed: int):
-    """``--data`` as a DataConfig: a folder, ``procedural``, or a YAML file (its ``data:`` section or the whole).
+def data_config(spec: str, size: int | None, default_size: int, limit: int | None, seed: int,
+                kind: str = "folder"):
+    """``--data`` as a DataConfig: a folder (read as ``kind``), ``procedural``, or a YAML file (its ``data:``
+    section or the whole).
 
     ``size`` (``--size``) wins over a YAML file's own; folders and procedural data default to ``default_size``.
     """
@@ -165,7 +193,7 @@ def data_config(spec: str, size: int | None, default_size: int, limit: int | Non
     path = Path(spec)
     if not path.is_dir():
         raise FileNotFoundError(f"--data: {spec} is neither an image folder, 'procedural', nor a YAML data config")
-    return DataConfig(kind="folder", path=str(path), size=size)
+    return DataConfig(kind=kind, path=str(path), size=size)
 
 
 def _check_out(args, suffix: str = ".json") -> None:
@@ -211,7 +239,8 @@ def run_recon(args) -> int:
     model = load_model(args.model, config=args.config, device=args.device)
     if not hasattr(model.config, "autoencoder"):
         raise ValueError(f"{args.model}: `tamer eval recon` needs a VQGAN, this is a {type(model).__name__}")
-    config = data_config(args.data, args.size, model.config.autoencoder.resolution, args.limit, args.seed)
+    config = data_config(args.data, args.size, model.config.autoencoder.resolution, args.limit, args.seed,
+                         folder_kind(model, args.kind))
     side = config.crop or config.size
     if side % model.downsample_factor:
         raise ValueError(f"--size: {side} is not a multiple of the model's downsampling factor "
@@ -239,7 +268,7 @@ def run_nll(args) -> int:
     if not hasattr(model, "token_nll"):
         raise ValueError(f"{args.model}: `tamer eval nll` needs a Transformer, this is a {type(model).__name__}")
     height, width = model.config.image_size
-    config = data_config(args.data, args.size, height, args.limit, args.seed)
+    config = data_config(args.data, args.size, height, args.limit, args.seed, folder_kind(model, args.kind))
     conditioning = model.config.conditioning
     if config.kind == "procedural" and conditioning.kind == "class":
         config = replace(config, num_classes=min(config.num_classes, conditioning.num_classes))
@@ -249,12 +278,25 @@ def run_nll(args) -> int:
                          "sliding-window likelihoods, which are not implemented")
     notes: list[str] = []
     dataset = _usable(build_dataset(config), args.limit, notes)
+    check_classes(model, dataset, args.data)
     result = evaluate_likelihood(model, dataset, limit=args.limit, batch_size=args.batch_size,
                                  num_workers=args.workers, image_key=args.image_key,
                                  data_protocol={"spec": args.data, "config": to_dict(config)})
     result.protocol["model"] = str(args.model)
     result.notes += notes
     return _finish(result, args.out)
+
+
+def check_classes(model, dataset, spec: str) -> None:
+    """A class folder must hold the classes the model was trained on, in the same order (labels would shift)."""
+    from .class_names import class_set_difference
+
+    names = getattr(model.config.conditioning, "class_names", None)
+    found = getattr(dataset, "classes", None)
+    if names and found is not None and getattr(dataset, "root", None) is not None:
+        problem = class_set_difference(names, found, f"--data {spec}", "the model's")
+        if problem:
+            raise ValueError(problem)
 
 
 def run_samples(args) -> int:

@@ -13,9 +13,11 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
+from .class_names import class_labels, resolve_classes
 from .conditioning import coordinate_map
 from .guards import check_count, check_model_pixels
 from .imageio import ImageError, open_image, read_image, save_image
+from .report import labelled_grid
 from .sampling import Callback, SamplingSettings
 from .transformer import Transformer
 
@@ -43,7 +45,7 @@ def read_condition_map(path: str | Path, model: Transformer) -> torch.Tensor:
 @dataclass
 class SampleRequest:
     num_samples: int = 4
-    classes: Sequence[int] | None = None  # class-conditional: num_samples of each
+    classes: Sequence[int | str] | None = None  # class-conditional: num_samples of each (labels or names)
     condition_map: str | None = None  # spatial: a file
     size: tuple[int, int] | None = None  # pixels; None: the training size
     seed: int = 0
@@ -55,8 +57,11 @@ def conditions_for(model: Transformer, request: SampleRequest, size: tuple[int, 
     kind = model.conditioning.kind
     if kind == "class":
         if not request.classes:
-            raise ValueError(f"this model is class-conditional: give --class (0..{model.conditioning.num_classes - 1})")
-        return [(torch.full((request.num_samples,), c), request.num_samples) for c in request.classes]
+            names = model.conditioning.class_names
+            raise ValueError(f"this model is class-conditional: give --class (0..{model.conditioning.num_classes - 1}"
+                             + (f" or a name: {', '.join(names)})" if names else ")"))
+        labels = resolve_classes(model.conditioning, request.classes)
+        return [(torch.full((request.num_samples,), c), request.num_samples) for c in labels]
     if request.classes:
         raise ValueError(f"--class: this model is conditioned on {kind!r}, not on classes")
     if kind == "spatial":
@@ -117,8 +122,9 @@ def _progress(total: int, description: str, enabled: bool):
 
 def sample_to_folder(model: Transformer, request: SampleRequest, settings: SamplingSettings, out: str | Path,
                      progress: bool = True, callback: Callback | None = None) -> Path:
-    """Write ``sample-<seed>.png`` per sample, ``grid.png`` (one row per class when class-conditional),
-    ``codes.npy`` (``N×h×w``) and ``sample.json`` (settings, seeds, model) into ``out``."""
+    """Write ``sample-<seed>.png`` per sample, ``grid.png`` (one row per class when class-conditional, and then
+    ``grid-labelled.png``, enlarged with each row named by its class), ``codes.npy`` (``N×h×w``) and
+    ``sample.json`` (settings, seeds, model) into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     images, codes, seeds = sample_images(model, request, settings, progress, callback)
@@ -126,9 +132,15 @@ def sample_to_folder(model: Transformer, request: SampleRequest, settings: Sampl
         save_image(image, out / f"sample-{seed}.png")
     per_row = request.num_samples if request.classes else min(len(images), 8)
     save_image(make_grid(images, nrow=per_row, padding=2, pad_value=1.0), out / "grid.png")
+    if request.classes:  # the same grid enlarged, each row named by its class
+        names = class_labels(model.conditioning)
+        rows = [names[label] for label in resolve_classes(model.conditioning, request.classes)]
+        labelled_grid(images, per_row, rows, scale=max(1, 128 // images.shape[-1])).save(out / "grid-labelled.png")
     np.save(out / "codes.npy", codes.numpy().astype(np.int32))
     record = {"settings": asdict(settings), "seeds": seeds, "request": {**asdict(request), "classes": (
         list(request.classes) if request.classes else None)}, "code_shape": list(codes.shape[1:])}
+    if request.classes:
+        record["labels"] = resolve_classes(model.conditioning, request.classes)
     (out / "sample.json").write_text(json.dumps(record, indent=2) + "\n")
     return out
 

@@ -23,12 +23,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .config import checked_keywords
 from .nn.discriminator import NLayerDiscriminator
 from .nn.perceptual import LPIPS, PerceptualUnavailableWarning, load_lpips
 
 Logs = dict[str, torch.Tensor]
 
 
+@checked_keywords
 @dataclass
 class VQGANLossConfig:
     disc_start: int = 0  # first step at which the GAN term counts in the generator loss

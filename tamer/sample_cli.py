@@ -15,8 +15,9 @@ def add_sample_command(commands: argparse._SubParsersAction) -> argparse.Argumen
     sub.set_defaults(run=run_sample)
     sub.add_argument("--model", required=True, help="a tamer transformer folder, or a CompVis Net2NetTransformer .ckpt")
     sub.add_argument("--config", help="project.yaml of a CompVis .ckpt (found beside it when omitted)")
-    sub.add_argument("--class", dest="classes", type=int, nargs="+", metavar="N",
-                     help="class label(s) of a class-conditional model; -n samples of each")
+    sub.add_argument("--class", dest="classes", nargs="+", metavar="NAME",
+                     help="classes of a class-conditional model, by name (its training folders' names) or label "
+                          "number; -n samples of each")
     sub.add_argument("--cond", type=Path, metavar="MAP",
                      help="spatial condition: an 8-bit label-map PNG (segmentation) or an image (depth, edges, ...)")
     sub.add_argument("--size", type=_size, metavar="HxW", help="image size in pixels (default: the training size)")

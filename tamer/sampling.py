@@ -14,10 +14,12 @@ from typing import Callable
 
 import torch
 
+from .config import checked_keywords
 from .guards import check_seed
 from .nn.gpt import GPT, top_k_filter, top_p_filter
 
 
+@checked_keywords
 @dataclass
 class SamplingSettings:
     temperature: float = 1.0

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoints import Pretrained
+from .config import checked_keywords
 from .conditioning import ConditioningConfig, ConditionStage, build_condition_stage
 from .nn.gpt import GPT, GPTConfig
 from .sampling import Callback, SamplingSettings, sample_tokens, seed_rows
@@ -23,6 +24,7 @@ from .token_order import TokenOrder, TokenOrderName
 from .vqgan import VQGAN, VQGANConfig
 
 
+@checked_keywords
 @dataclass
 class TransformerConfig:
     gpt: GPTConfig = field(default_factory=GPTConfig)

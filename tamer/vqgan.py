@@ -9,10 +9,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoints import Pretrained
+from .config import checked_keywords
 from .nn.autoencoder import AutoencoderConfig, Decoder, Encoder
 from .nn.quantize import Quantized, QuantizerConfig, build_quantizer
 
 
+@checked_keywords
 @dataclass
 class VQGANConfig:
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)

@@ -131,4 +131,6 @@ def test_names_come_from_the_training_run(tmp_path):
         (tmp_path / "classes" / name).mkdir(parents=True)
     (run / "config.json").write_text(json.dumps({"data": {"kind": "classes", "path": str(tmp_path / "classes")}}))
     assert class_names(run / "model", 3) == ["cats", "dogs", "class 2"]
+    # names the model stores win over the run's folder (which may have changed since)
+    assert class_names(run / "model", 3, ("owls", "cats")) == ["owls", "cats", "class 2"]
     assert len(set(palette(40))) == 40

@@ -53,3 +53,32 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         atomic_write(target, fail)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["weights.bin"]
+
+
+def test_typos_in_python_built_configs_say_did_you_mean():
+    from tamer import VQGANConfig
+    from tamer.config import ConfigError
+    from tamer.nn.autoencoder import AutoencoderConfig
+    from tamer.nn.quantize import QuantizerConfig
+    from tamer.train.config import TrainConfig
+
+    with pytest.raises(ConfigError, match=r"^QuantizerConfig\.num_code: unknown key \(did you mean 'num_codes'\?\)"):
+        QuantizerConfig(num_code=16)
+    with pytest.raises(TypeError, match=r"AutoencoderConfig\.ch_mul: unknown key \(did you mean 'ch_mult'\?\)"):
+        AutoencoderConfig(ch_mul=(1, 2))  # still a TypeError, as Python's own
+    with pytest.raises(ConfigError, match=r"TrainConfig\.stpes: unknown key \(did you mean 'steps'\?\)"):
+        TrainConfig(stpes=3)
+    config = VQGANConfig(quantizer=QuantizerConfig(num_codes=16))  # right keys, positional or not, still work
+    assert config.quantizer.num_codes == 16 and AutoencoderConfig(32).ch == 32
+
+
+def test_run_configs_take_preset_names_from_any_folder(tmp_path, monkeypatch):
+    from tamer.train.transformer_run import load_run_config as transformer_config
+    from tamer.train.vqgan_run import load_run_config as vqgan_config
+
+    monkeypatch.chdir(tmp_path)  # outside a checkout: no configs/ here
+    assert vqgan_config("vqgan_tiny_cpu", ["train.steps=7"]).train.steps == 7
+    assert vqgan_config("configs/vqgan_custom.yaml").data.size is None  # follows the data
+    assert transformer_config("transformer_custom_classes").model.conditioning["kind"] == "class"
+    with pytest.raises(ConfigError, match="neither a file nor a shipped preset"):
+        vqgan_config("vqgan_tiny_cpux")

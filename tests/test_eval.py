@@ -310,6 +310,22 @@ def test_recon_without_weights_computes_the_rest_and_says_what_is_missing(model_
     assert any(note.startswith("rFID not computed") and INCEPTION_FILENAME in note for note in result.notes)
 
 
+def test_recon_reads_class_and_pair_folders_as_their_images(model_dir, tmp_path):
+    from tamer.data import write_procedural_dataset
+
+    write_procedural_dataset(tmp_path / "data", count=4, size=SIZE, progress=False)
+    pairs = tmp_path / "data"  # data/images/<class>/... beside data/segmentations/<class>/...
+    results = {}
+    for kind, folder in (("classes", pairs / "images"), ("pairs", pairs), ("images", pairs / "images")):
+        out = tmp_path / f"{kind}.json"
+        assert run_cli(["eval", "recon", "--model", str(model_dir), "--data", str(folder), "--kind", kind,
+                        "--no-lpips", "--no-fid", "--device", "cpu", "--out", str(out)]) == 0
+        saved = json.loads(out.read_text())
+        assert saved["protocol"]["data"]["config"]["kind"] == {"images": "folder"}.get(kind, kind)
+        results[kind] = saved["metrics"]["psnr"]
+    assert results["classes"] == pytest.approx(results["images"]) == pytest.approx(results["pairs"])  # same images
+
+
 # ---------------------------------------------------------------- stand-in feature networks
 
 

@@ -114,3 +114,35 @@ def test_conditional_model_needs_its_condition(tmp_path):
 
     with pytest.raises(ValueError, match="conditioned on 'label'"):
         evaluate_likelihood(model, ImageFolder(tmp_path / "data" / "images"), progress=False)
+
+
+def test_eval_nll_reads_a_class_folder_directly(tmp_path, capsys):
+    import shutil
+    from dataclasses import replace
+
+    from tamer.data import ClassFolder, class_folder_name, write_procedural_dataset
+
+    write_procedural_dataset(tmp_path / "data", count=6, size=16, seed=12345, progress=False)
+    folder = tmp_path / "data" / "images"
+    names = tuple(class_folder_name(k) for k in range(10))
+    model = tiny_transformer("class")
+    model.config.conditioning = replace(model.config.conditioning, class_names=names)
+    model.save(tmp_path / "model")
+    out = tmp_path / "nll.json"
+    assert cli(["eval", "nll", "--model", str(tmp_path / "model"), "--data", str(folder), "--device", "cpu",
+                "--out", str(out)]) == 0  # a class model reads a folder as classes without being told
+    saved = json.loads(out.read_text())
+    assert saved["protocol"]["data"]["config"]["kind"] == "classes" and saved["protocol"]["num_images"] == 6
+    items = ClassFolder(folder)
+    images = torch.stack([items[i]["image"] for i in range(6)])
+    labels = torch.stack([items[i]["label"] for i in range(6)])
+    with torch.no_grad():
+        expected = hand_nll(tamer.load(tmp_path / "model"), images, labels).mean().item()
+    assert saved["metrics"]["nll"] == pytest.approx(expected, rel=1e-5)
+
+    capsys.readouterr()
+    assert cli(["eval", "nll", "--model", str(tmp_path / "model"), "--data", str(folder), "--kind", "images"]) == 1
+    assert "conditioned on 'label'" in capsys.readouterr().err
+    shutil.rmtree(folder / names[4])  # a held-out folder without one class: every later label would shift
+    assert cli(["eval", "nll", "--model", str(tmp_path / "model"), "--data", str(folder)]) == 1
+    assert f"--data {folder}: its classes differ from the model's (missing {names[4]})" in capsys.readouterr().err

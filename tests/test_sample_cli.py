@@ -10,7 +10,7 @@ from PIL import Image
 from tamer.cli import main
 from tamer.generation import label_map_to_png
 
-from test_transformer import SEG_STAGE, make_model
+from test_transformer import CLASS, SEG_STAGE, make_model
 
 
 def test_class_samples_grid_codes_and_record(class_model, tmp_path):
@@ -30,6 +30,31 @@ def test_class_samples_grid_codes_and_record(class_model, tmp_path):
                  "--out", str(again)]) == 0
     assert np.array_equal(np.load(again / "codes.npy")[0], codes[3])
     assert (again / "sample-6.png").read_bytes() == (out / "sample-6.png").read_bytes()
+
+
+def test_classes_by_name_and_a_labelled_grid(tmp_path, capsys):
+    names = ["astronaut", "camera", "coffee", "rocket"]
+    torch.manual_seed(0)
+    make_model({**CLASS, "class_names": names}).save(tmp_path / "named")
+    model = str(tmp_path / "named")
+    assert main(["sample", "--model", model, "--class", "rocket", "1", "-n", "2", "--top-k", "5", "--seed", "3",
+                 "--out", str(tmp_path / "by-name")]) == 0
+    assert main(["sample", "--model", model, "--class", "3", "camera", "-n", "2", "--top-k", "5", "--seed", "3",
+                 "--out", str(tmp_path / "by-label")]) == 0
+    assert np.array_equal(np.load(tmp_path / "by-name" / "codes.npy"), np.load(tmp_path / "by-label" / "codes.npy"))
+    record = json.loads((tmp_path / "by-name" / "sample.json").read_text())
+    assert record["request"]["classes"] == ["rocket", "1"] and record["labels"] == [3, 1]
+    labelled = Image.open(tmp_path / "by-name" / "grid-labelled.png")
+    plain = Image.open(tmp_path / "by-name" / "grid.png")
+    assert labelled.width > 8 * plain.width and labelled.height == 8 * plain.height  # 16 px samples enlarged 8×
+    left = np.asarray(labelled.convert("L"))[:, : labelled.width - 8 * plain.width]
+    assert left.min() < 128  # the row names are drawn left of the grid
+
+    assert main(["sample", "--model", model, "--class", "rockte", "--out", str(tmp_path / "typo")]) == 1
+    err = capsys.readouterr().err
+    assert "--class rockte: not a class of this model (did you mean 'rocket'?); its classes: astronaut," in err
+    assert main(["sample", "--model", model, "--out", str(tmp_path / "none")]) == 1
+    assert "give --class (0..3 or a name: astronaut, camera, coffee, rocket)" in capsys.readouterr().err
 
 
 def test_guided_sampling_from_the_command_line(class_model, tmp_path):

@@ -133,8 +133,8 @@ def test_frozen_stage_and_optimizer_groups(stages, tmp_path):
 def test_killed_run_resumes_on_the_same_trajectory(stages, tmp_path):
     args = [sys.executable, str(ROOT / "tests/scripts/train_until_killed.py"), "train", "transformer",
             "--config", str(PRESET), *micro(stages), "train.steps=8", "train.checkpoint_every=3",
-            "train.grad_accum=2", "train.ema_decay=0.9", "pkeep=0.8", "cond_dropout=0.3", "data.flip=true",
-            "cache_codes=true", "data.length=64", "val_data=null"]
+            "train.grad_accum=2", "train.ema_decay=0.9", "train.ema_auto=false", "pkeep=0.8", "cond_dropout=0.3",
+            "data.flip=true", "cache_codes=true", "data.length=64", "val_data=null"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def run(out, kill_at, *more):
@@ -306,3 +306,51 @@ def test_tiny_class_preset_learns(tmp_path):
     assert [v["step"] for v in validation] == [400, 800, 1200]
     assert validation[-1]["val/nll"] < validation[0]["val/nll"] - 0.1
     assert validation[-1]["val/nll"] < 4.1  # uniform over 256 codes: 5.55 nats/token
+
+
+def test_the_best_validated_step_is_exported_beside_the_last(stages, tmp_path, monkeypatch, capsys):
+    # Scripted held-out NLL: best at step 4, worse at the end (overfitting), so model/ must be step 4's model.
+    scripted = iter([3.0, 2.0, 2.5])
+    real = TransformerTask.validate
+
+    def validate(self, model, batches):
+        return {**real(self, model, batches), "nll": next(scripted)}
+
+    monkeypatch.setattr(TransformerTask, "validate", validate)
+    config = load_run_config(PRESET, micro(stages, "train.steps=6", "train.val_every=2", "train.checkpoint_every=2",
+                                           "train.keep_checkpoints=5", "cache_codes=false", "train.lr=3e-3"))
+    train_transformer(config, tmp_path)
+    out = capsys.readouterr().out
+    assert json.loads((tmp_path / "best.json").read_text()) == {"step": 4, "metric": "nll", "value": 2.0,
+                                                                "mode": "min"}
+    exported = load_file(tmp_path / "model" / "model.safetensors")
+    at_best = load_file(tmp_path / "checkpoints" / "step-00000004" / "model" / "model.safetensors")
+    last = load_file(tmp_path / "checkpoints" / "step-00000006" / "model" / "model.safetensors")
+    assert all(torch.equal(exported[k], at_best[k]) for k in at_best)
+    assert not all(torch.equal(exported[k], last[k]) for k in last)  # the last step really is another model
+    assert f"exported step 4 of 6 to {tmp_path / 'model'}: it has the best held-out nll 2 against 2.5 at step 6" in out
+    assert "step-00000006/model" in out
+
+
+def test_without_validation_the_last_step_is_exported(stages, tmp_path, capsys):
+    config = load_run_config(PRESET, micro(stages, "train.steps=2", "val_data=null", "cache_codes=false"))
+    train_transformer(config, tmp_path)
+    assert f"exported the last step, 2, to {tmp_path / 'model'}: no val_data to choose by" in capsys.readouterr().out
+    assert not (tmp_path / "best").exists()
+
+
+def test_ema_is_turned_off_when_its_horizon_outlasts_the_run(stages, tmp_path, capsys):
+    from tamer.train.config import TrainConfig, effective_ema_decay
+
+    decay, note = effective_ema_decay(TrainConfig(steps=600, ema_decay=0.999))  # 1000 steps > 150
+    assert decay is None and "lower it to 0.9933 or less, or set train.ema_auto=false" in note
+    assert effective_ema_decay(TrainConfig(steps=4000, ema_decay=0.999)) == (0.999, None)  # 1000 = a quarter
+    assert effective_ema_decay(TrainConfig(steps=600, ema_decay=0.9999, ema_auto=False)) == (0.9999, None)
+    config = load_run_config(PRESET, micro(stages, "train.steps=3", "train.ema_decay=0.9999", "val_data=null",
+                                           "cache_codes=false"))
+    train_transformer(config, tmp_path)
+    out = capsys.readouterr().out
+    assert ("note: train.ema_decay: 0.9999 averages over about 10,000 steps, more than a quarter of this run's 3; "
+            "EMA is off") in out
+    assert "(EMA weights)" not in out
+    assert not (tmp_path / "checkpoints" / "step-00000003" / "ema.safetensors").exists()

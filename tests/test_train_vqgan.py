@@ -66,8 +66,8 @@ def test_micro_vqgan_learns(tmp_path):
 def test_killed_run_resumes_on_the_same_trajectory(tmp_path):
     args = [sys.executable, str(ROOT / "tests/scripts/train_until_killed.py"), "train", "vqgan",
             "--config", "configs/vqgan_tiny_cpu.yaml", *MICRO, "train.steps=8", "train.checkpoint_every=3",
-            "train.grad_accum=2", "train.ema_decay=0.9", "loss.disc_start=2", "loss.disc_warmup_steps=1",
-            "model.quantizer.dead_code_threshold=2"]
+            "train.grad_accum=2", "train.ema_decay=0.9", "train.ema_auto=false", "loss.disc_start=2",
+            "loss.disc_warmup_steps=1", "model.quantizer.dead_code_threshold=2"]
     run_cli(args + ["--out", str(tmp_path / "straight")], env={"TAMER_TEST_KILL_AT": "0"})
     killed = run_cli(args + ["--out", str(tmp_path / "killed")], env={"TAMER_TEST_KILL_AT": "5"}, check=False)
     assert killed.returncode == -9

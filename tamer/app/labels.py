@@ -1,8 +1,9 @@
 """What the page calls a model's classes and segmentation labels, and the colours it draws labels in.
 
-A model folder does not store names; a training run does: ``RUN/config.json`` beside ``RUN/model`` names the data.
-The built-in procedural data names its shape kinds, a class-folder dataset its sorted folder names (while the
-folder exists). Anything else is numbered.
+A class-conditional model trained by tamer stores its class names (``conditioning.class_names``); for older
+models the training run does: ``RUN/config.json`` beside ``RUN/model`` names the data. The built-in procedural
+data names its shape kinds, a class-folder dataset its sorted folder names (while the folder exists). Anything else
+is numbered.
 """
 
 from __future__ import annotations
@@ -28,17 +29,21 @@ def _run_data(model_path: str | Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def class_names(model_path: str | Path, num_classes: int) -> list[str]:
-    """``num_classes`` names in label order: the run's, where known, else ``"class k"``."""
-    data = _run_data(model_path)
-    names: list[str] = []
-    if data.get("kind") == "procedural":
-        names = list(SHAPES)
-    elif data.get("kind") == "classes" and data.get("path"):
-        root = Path(data["path"])
-        if root.is_dir():
-            names = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+def class_names(model_path: str | Path, num_classes: int, stored: tuple[str, ...] | None = None) -> list[str]:
+    """``num_classes`` names in label order: those the model stores, else the run's, where known, else
+    ``"class k"``."""
+    names = list(stored) if stored else _run_class_names(model_path)
     return [names[k] if k < len(names) else f"class {k}" for k in range(num_classes)]
+
+
+def _run_class_names(model_path: str | Path) -> list[str]:
+    data = _run_data(model_path)
+    if data.get("kind") == "procedural":
+        return list(SHAPES)
+    root = Path(data["path"]) if data.get("kind") == "classes" and data.get("path") else None
+    if root is not None and root.is_dir():
+        return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    return []
 
 
 def segmentation_names(model_path: str | Path, num_labels: int) -> list[str]:

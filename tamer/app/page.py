@@ -82,7 +82,7 @@ def _transformer_tab(served: ServedModel, key: str, folder: Callable[[str], Path
         with gr.Column(scale=2):
             class_label = upload_map = drawing = gr.State(None)
             if c.kind == "class":
-                names = class_names(served.path, c.num_classes)
+                names = class_names(served.path, c.num_classes, c.class_names)
                 class_label = gr.Dropdown([(f"{k}: {name}", k) for k, name in enumerate(names)], value=0,
                                           label="Class", elem_id=f"{key}-class")
             if c.kind == "spatial":

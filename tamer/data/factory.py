@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+from PIL import Image
 from torch.utils.data import Dataset
 
-from ..config import from_dict
+from ..config import checked_keywords, from_dict
 from .folders import ClassFolder, ImageFileList, ImageFolder, SegmentationPairs
 from .procedural import SHAPES, ProceduralShapes
 from .transforms import ImageTransform
@@ -16,6 +17,7 @@ from .transforms import ImageTransform
 DataKind = Literal["folder", "filelist", "classes", "pairs", "procedural"]
 
 
+@checked_keywords
 @dataclass
 class DataConfig:
     """Which images, and how they are shaped.
@@ -25,7 +27,9 @@ class DataConfig:
     maps under ``segmentations``; without it ``path/images`` and ``path/segmentations``), ``procedural``
     (``ProceduralShapes``: ``length`` items of ``num_classes`` classes drawn with ``seed``, no files).
 
-    ``size``: shorter side after resizing (for ``procedural``, the drawn size); ``crop``: side of the square crop
+    ``size``: shorter side after resizing (for ``procedural``, the drawn size); ``None`` (``null``): follow the data,
+    the median shorter side of its files rounded down to a multiple of 16 (:func:`follow_data_size`), so small
+    images are not enlarged to a preset's size; ``crop``: side of the square crop
     (default ``size``), random with ``random_crop``, else centred; ``flip``: random left-right flips.
     ``scan``: decode every file when the dataset is built and drop the unreadable ones (slow on big folders).
     """
@@ -34,7 +38,7 @@ class DataConfig:
     path: str | None = None
     root: str | None = None
     segmentations: str | None = None
-    size: int = 256
+    size: int | None = 256
     crop: int | None = None
     random_crop: bool = False
     flip: bool = False
@@ -47,9 +51,11 @@ class DataConfig:
     object_centric: bool = False  # procedural: one large shape near the centre
 
     def __post_init__(self):
-        if self.size < 1:
+        if self.size is None and self.kind == "procedural":
+            raise ValueError("size: procedural data has no files to follow; give the side to draw")
+        if self.size is not None and self.size < 1:
             raise ValueError(f"size: expected a positive side length, got {self.size}")
-        if self.crop is not None and not 1 <= self.crop <= self.size:
+        if self.size is not None and self.crop is not None and not 1 <= self.crop <= self.size:
             raise ValueError(f"crop: expected 1 to size ({self.size}), got {self.crop}")
         if self.kind != "procedural" and not self.path:
             raise ValueError(f"path: required for kind {self.kind!r}")
@@ -68,12 +74,20 @@ class DataConfig:
 def build_dataset(config: DataConfig | dict) -> Dataset:
     """The dataset a config describes; a dict is validated first (a wrong key or value is a ``ConfigError``)."""
     config = from_dict(DataConfig, config, "data")
+    if config.size is None:
+        config = follow_data_size(config)
     if config.kind == "procedural":
         reshape = config.crop not in (None, config.size) or config.flip
         transform = ImageTransform(None, config.crop, config.random_crop, config.flip) if reshape else None
         return ProceduralShapes(config.size, config.length, config.num_classes, config.seed, transform,
                                 config.max_distractors, config.plain, config.object_centric)
-    transform = ImageTransform(config.size, config.crop, config.random_crop, config.flip)
+    dataset = _files(config, ImageTransform(config.size, config.crop, config.random_crop, config.flip))
+    if config.scan:
+        dataset.scan()
+    return dataset
+
+
+def _files(config: DataConfig, transform: ImageTransform | None) -> Dataset:
     path = Path(config.path)
     if config.kind == "folder":
         dataset = ImageFolder(path, transform)
@@ -85,6 +99,35 @@ def build_dataset(config: DataConfig | dict) -> Dataset:
         images, segmentations = (path, Path(config.segmentations)) if config.segmentations else \
             (path / "images", path / "segmentations")
         dataset = SegmentationPairs(images, segmentations, transform)
-    if config.scan:
-        dataset.scan()
     return dataset
+
+
+#: files whose headers are read to find the data's size
+SIZE_PROBES = 64
+#: a followed size is rounded down to a multiple of this (every power-of-two downsampling factor up to 16 fits)
+SIZE_MULTIPLE = 16
+
+
+def data_sides(config: DataConfig) -> list[int]:
+    """Shorter sides of up to :data:`SIZE_PROBES` files spread over the data (headers only, nothing decoded);
+    unreadable files are left out, as training skips them."""
+    records = _files(config, None).records
+    step = max(1, len(records) // SIZE_PROBES)
+    sides = []
+    for record in records[::step][:SIZE_PROBES]:
+        try:
+            with Image.open(record.image) as image:
+                sides.append(min(image.size))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+    return sides
+
+
+def follow_data_size(config: DataConfig) -> DataConfig:
+    """``config`` with ``size`` set from its files: the median shorter side, rounded down to a multiple of 16."""
+    sides = sorted(data_sides(config))
+    if not sides:
+        raise FileNotFoundError(f"data.path {config.path}: no readable images to take data.size from")
+    median = sides[len(sides) // 2]
+    size = max(SIZE_MULTIPLE, median // SIZE_MULTIPLE * SIZE_MULTIPLE)
+    return replace(config, size=size, crop=min(config.crop, size) if config.crop else None)

@@ -13,7 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import checked_keywords
 
+
+@checked_keywords
 @dataclass
 class AutoencoderConfig:
     """The original ``ddconfig``: one config builds both the encoder and the decoder."""

@@ -41,7 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import checked_keywords
 
+
+@checked_keywords
 @dataclass
 class GPTConfig:
     """The original ``transformer_config.params``."""

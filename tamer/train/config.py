@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ..config import checked_keywords
 
+
+@checked_keywords
 @dataclass
 class TrainConfig:
     steps: int = 1000
@@ -19,6 +22,9 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # cosine decays to lr × this
     max_grad_norm: float | None = None
     ema_decay: float | None = None  # EMA of the model's weights (e.g. 0.999); exported models use it
+    # EMA only where it can help: off (with a note) when its horizon 1/(1 - ema_decay) exceeds a quarter of the
+    # steps, as the average would still be mostly the first steps' weights; false keeps it on regardless.
+    ema_auto: bool = True
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # mixed precision through torch.autocast
     device: str = "auto"
     seed: int = 0
@@ -38,3 +44,26 @@ class TrainConfig:
                 raise ValueError(f"train.{name}: must be at least 1, got {getattr(self, name)}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay: expected a value in (0, 1) or null, got {self.ema_decay}")
+
+
+#: EMA is turned off when its horizon exceeds this share of the run's steps (with ``ema_auto``)
+EMA_MAX_HORIZON_SHARE = 0.25
+
+
+def effective_ema_decay(config: TrainConfig) -> tuple[float | None, str | None]:
+    """The EMA decay a run uses, and a note when ``ema_auto`` turned a configured EMA off.
+
+    After ``n`` steps an EMA of decay ``d`` still gives ``d**n`` of its weight to the first step's parameters;
+    its horizon ``1 / (1 - d)`` is the number of steps it averages over. A horizon beyond a quarter of the run
+    leaves the exported weights mostly those of the early, poor steps (0.9999 over 600 steps keeps 94%).
+    """
+    decay = config.ema_decay
+    if decay is None or not config.ema_auto:
+        return decay, None
+    horizon = 1.0 / (1.0 - decay)
+    if horizon <= EMA_MAX_HORIZON_SHARE * config.steps:
+        return decay, None
+    fix = f"lower it to {1 - 4 / config.steps:.4g} or less" if config.steps > 8 else "set it to null"
+    return None, (f"train.ema_decay: {decay:g} averages over about {horizon:,.0f} steps, more than a quarter of this "
+                  f"run's {config.steps:,}; EMA is off (its weights would be mostly the first steps'); {fix}, or "
+                  "set train.ema_auto=false to keep it")

@@ -21,14 +21,21 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
-from ..progress import progress_bar
 
 from ..checkpoints import CheckpointError
+from ..curves import write_curves
 from ..imageio import save_image
+from ..progress import progress_bar
 from . import checkpointing as ckpt
-from .config import TrainConfig
+from .config import TrainConfig, effective_ema_decay
 from .distributed import DistributedContext, all_reduce_mean, barrier, setup
 from .sampling import ResumableSampler, SeededItems
+from .selection import BEST_FOLDER, Best, export_best, improved, save_best
+from .summary import time_estimate
+
+
+#: the steps after the first whose time estimates the run's (printed once, with a warning for days)
+TIMED_STEPS = 5
 
 
 class TrainingDiverged(RuntimeError):
@@ -37,6 +44,7 @@ class TrainingDiverged(RuntimeError):
 
 class Task(Protocol):
     model_name: str  # the module that is exported, validated and averaged by EMA
+    best_metric: tuple[str, str]  # the validation figure that picks the exported model, and "min" or "max"
 
     def modules(self) -> dict[str, nn.Module]: ...
 
@@ -94,8 +102,10 @@ class Trainer:
         self.lr_factor = learning_rate_factor(config)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         model = self.raw[task.model_name]
-        self.ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
-                    if config.ema_decay else None)
+        ema_decay, self.ema_note = effective_ema_decay(config)
+        if self.ema_note and self.ctx.is_main:
+            print(f"note: {self.ema_note}")
+        self.ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay)) if ema_decay else None)
 
         self.sampler = ResumableSampler(len(train_data), config.seed, self.ctx.rank, self.ctx.world_size)
         if len(self.sampler) < config.batch_size:
@@ -103,7 +113,11 @@ class Trainer:
                              f"train.batch_size={config.batch_size}")
         self.train_data = SeededItems(train_data, config.seed)
         self.step, self.epoch, self.position = 0, 0, 0
+        self.best: Best | None = None  # the best validation so far, whose model is in RUN/best
+        self.last_validation: dict[str, float] = {}
+        self.summary = ""  # which model RUN/model holds, and why (printed at the end)
         self._writer = None
+        self._curves_failed = False
 
     # -- set-up helpers ---------------------------------------------------------------------------------------
     def _wrap(self, module: nn.Module) -> nn.Module:
@@ -155,7 +169,9 @@ class Trainer:
                         desc=f"train {self.task.model_name}", dynamic_ncols=True)
         last_logs: dict[str, float] = {}
         started = time.perf_counter()
+        timed: list[float] = []  # compute time of this process's steps 2..TIMED_STEPS + 1 (step 1 warms up)
         while self.step < self.config.steps:
+            step_started = time.perf_counter()
             self._set_learning_rates()
             for optimizer in self.optimizers.values():
                 optimizer.zero_grad(set_to_none=True)
@@ -178,15 +194,37 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update_parameters(self.raw[self.task.model_name])
             last_logs = totals
+            timed.append(time.perf_counter() - step_started)
+            if len(timed) == TIMED_STEPS + 1 and self.ctx.is_main:
+                progress.write(time_estimate(sum(timed[1:]) / TIMED_STEPS, (self.step - TIMED_STEPS + 1, self.step),
+                                             self.config.steps - self.step))
             progress.update(1)
             progress.set_postfix({k: f"{v:.4g}" for k, v in list(totals.items())[:4]})
             self._after_step(totals, batch, started)
         progress.close()
-        final = self.run / "model"
         if self.ctx.is_main:
-            self.task.export(self.exported_model(), final)
+            self.summary = self._export_final(self.run / "model")
+            print(self.summary)
         barrier()
         return last_logs
+
+    def _export_final(self, final: Path) -> str:
+        """``RUN/model``: the best validated model when there was validation, else the last; says which and why."""
+        steps, kind = self.config.steps, " (EMA weights)" if self.ema is not None else ""
+        last = ckpt.step_folder(self.run, self.step) / "model"
+        if self.val_data is None or self.best is None or not (self.run / BEST_FOLDER).is_dir():
+            self.task.export(self.exported_model(), final)
+            why = "no val_data to choose by" if self.val_data is None else "no validation figure to choose by"
+            return f"exported the last step, {self.step}, to {final}{kind}: {why}"
+        export_best(self.run, final)
+        b = self.best
+        figure = f"held-out {b.metric} {b.value:.4g}"
+        if b.step == self.step:
+            return f"exported step {b.step} (the last) to {final}{kind}: it has the best {figure}"
+        latest = self.last_validation.get(b.metric)
+        then = f" against {latest:.4g} at step {self.step}" if latest is not None else ""
+        return (f"exported step {b.step} of {steps} to {final}{kind}: it has the best {figure}{then} "
+                f"({'lower' if b.mode == 'min' else 'higher'} is better); the last step's model is {last}")
 
     def _losses(self, batch) -> Iterator[tuple[str, torch.Tensor, dict]]:
         """The task's losses, each forward pass under autocast, each backward pass (by the caller) outside it."""
@@ -243,6 +281,18 @@ class Trainer:
             self.validate()
         if self.step % c.checkpoint_every == 0 or self.step == c.steps:
             self.save_checkpoint()
+            if self.ctx.is_main:
+                self._write_curves()
+
+    def _write_curves(self) -> None:
+        """``RUN/curves.png`` from metrics.jsonl; a missing matplotlib or a drawing error never stops training."""
+        if self._curves_failed:
+            return
+        try:
+            write_curves(self.run)
+        except Exception as error:  # noqa: BLE001 - a picture is not worth a run
+            self._curves_failed = True
+            print(f"note: {self.run / 'curves.png'} not written ({error}); metrics.jsonl has the numbers")
 
     def _mean_over_ranks(self, logs: dict[str, float]) -> dict[str, float]:
         if self.ctx.world_size == 1 or not logs:
@@ -261,8 +311,14 @@ class Trainer:
             batches = (_to(b, self.device) for i, b in zip(range(self.config.val_batches), loader))
             with torch.no_grad(), self._autocast():
                 metrics = self.task.validate(model, batches)
-            model.train(was_training)
             self._log({"step": self.step, **{f"val/{k}": v for k, v in metrics.items()}})
+            self.last_validation = metrics
+            metric, mode = getattr(self.task, "best_metric", (None, "min"))
+            new = improved(self.best, metrics, metric, mode, self.step) if metric else None
+            if new is not None:
+                self.best = new
+                save_best(self.run, new, lambda folder: self.task.export(model, folder))
+            model.train(was_training)
         barrier()
         return metrics
 
@@ -309,6 +365,7 @@ class Trainer:
                 "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
                 "scaler": self.scaler.state_dict(),
                 "task": self.task.state_dict(),
+                "best": None if self.best is None else vars(self.best).copy(),
             }, tmp / "training_state.pt")
 
     def restore(self) -> bool:
@@ -345,6 +402,7 @@ class Trainer:
             raise CheckpointError(f"{folder / 'training_state.pt'}: does not fit this run ({error!r}); was it "
                                   "written with another config? Resume with the run's own config.json") from None
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
+        self.best = Best(**state["best"]) if state.get("best") else None  # older checkpoints have none
         ckpt.set_rng_state(files["rng"], device)
         if self.ctx.is_main:
             print(f"resumed from {folder} at step {self.step}")

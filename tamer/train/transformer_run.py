@@ -17,17 +17,20 @@ from pathlib import Path
 import torch
 
 from ..checkpoints import load
+from ..class_names import class_set_difference
 from ..conditioning import ConditioningConfig
 from ..config import ConfigError, from_dict, merge, parse_overrides, read_yaml, to_dict
-from ..data import DataConfig, build_dataset
+from ..data import ClassFolder, DataConfig, build_dataset
 from ..data.codes import cached_codes, encode_dataset, fingerprint
 from ..guards import prepare_run_folder
+from ..presets import preset_path
 from ..nn.gpt import GPTConfig
 from ..token_order import TokenOrderName
 from ..transformer import Transformer, TransformerConfig
 from ..vqgan import VQGAN, VQGANConfig
 from .config import TrainConfig
 from .distributed import DistributedContext, barrier, setup, teardown
+from .summary import fit_data_sizes, start_line
 from .trainer import Trainer
 from .transformer_task import TransformerTask
 
@@ -105,8 +108,9 @@ class TransformerRunConfig:
 
 
 def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> TransformerRunConfig:
-    """A preset file with ``key=value`` overrides on top; every key and value is checked."""
-    document = read_yaml(path) if path else {}
+    """A preset (a YAML file, or a shipped preset's name such as ``vqgan_tiny_cpu``) with ``key=value``
+    overrides on top; every key and value is checked."""
+    document = read_yaml(preset_path(path)) if path else {}
     document = merge(document, parse_overrides(overrides or []))
     document["train"] = merge(TRAIN_DEFAULTS, document.get("train") or {})
     return from_dict(TransformerRunConfig, document)
@@ -139,17 +143,21 @@ def _grid(side: int, factor: int, key: str, what: str, codes_per_position: int =
 
 
 def derive_config(config: TransformerRunConfig, first_stage: VQGANConfig, cond_stage: VQGANConfig | None,
-                  num_classes: int | None) -> TransformerConfig:
-    """The :class:`TransformerConfig` a run config means, given its stages and the data's number of classes."""
+                  classes: list[str] | None) -> TransformerConfig:
+    """The :class:`TransformerConfig` a run config means, given its stages and the data's class names (which the
+    model keeps, unless the config names its classes itself)."""
     side = _side(config.data)
     size_key = "data.crop" if config.data.crop else "data.size"
     code_shape = _grid(side, first_stage.downsample_factor, size_key, "the first stage",
                        first_stage.quantizer.codes_per_position)
+    num_classes = len(classes) if classes is not None else None
     given_classes = config.model.conditioning.get("num_classes")
     conditioning = config.model.conditioning_config(num_classes=given_classes or num_classes, stage=cond_stage)
     if conditioning.kind == "class" and num_classes is not None and conditioning.num_classes < num_classes:
         raise ConfigError(f"model.conditioning.num_classes: {conditioning.num_classes} is too small; the data has "
                           f"{num_classes} classes")
+    if conditioning.kind == "class" and conditioning.class_names is None and classes is not None:
+        conditioning = replace(conditioning, class_names=tuple(classes))
 
     if conditioning.kind in ("none", "class"):
         cond_length = 1
@@ -180,9 +188,18 @@ def derive_config(config: TransformerRunConfig, first_stage: VQGANConfig, cond_s
                              conditioning=conditioning, code_shape=code_shape, token_order=config.model.token_order)
 
 
-def _num_classes(dataset) -> int | None:
+def _classes(dataset) -> list[str] | None:
     classes = getattr(dataset, "classes", None)
-    return len(classes) if classes is not None else None
+    return list(classes) if classes is not None else None
+
+
+def check_same_classes(train_data, val_data) -> None:
+    """A held-out class folder with other classes than the training folder is refused: its labels would shift."""
+    if isinstance(train_data, ClassFolder) and isinstance(val_data, ClassFolder):
+        problem = class_set_difference(train_data.classes, val_data.classes, f"val_data.path {val_data.root}",
+                                       "the training data's")
+        if problem:
+            raise ConfigError(problem)
 
 
 def check_items(config: TransformerRunConfig, conditioning: ConditioningConfig, dataset, where: str) -> None:
@@ -206,7 +223,7 @@ def build_transformer(config: TransformerRunConfig, train_data) -> Transformer:
         raise ConfigError(f"cond_stage: {config.cond_stage} reads 3-channel images, not segmentation label maps; "
                           "train one with configs/vqgan_tiny_seg.yaml")
     model_config = derive_config(config, first.config, cond.config if cond is not None else None,
-                                 _num_classes(train_data))
+                                 _classes(train_data))
     model = Transformer(model_config)
     model.first_stage_model.load_state_dict(first.state_dict())
     if cond is not None:
@@ -261,7 +278,12 @@ def train_transformer(config: TransformerRunConfig, run_dir: str | Path, resume:
     context = setup(config.train.device)
     try:
         torch.manual_seed(config.train.seed)  # the same initial GPT on every process
+        config.data, config.val_data = fit_data_sizes(config.data, config.val_data,
+                                                      report=print if context.is_main else lambda _: None)
         raw_train = build_dataset(_cacheable(config.data) if config.cache_codes else config.data)
+        raw_val = build_dataset(config.val_data) if config.val_data is not None else None  # lists files only
+        if raw_val is not None:
+            check_same_classes(raw_train, raw_val)  # before any encoding or training
         model = build_transformer(config, raw_train).to(context.device)
         conditioning = model.conditioning
         if config.cache_codes:
@@ -273,7 +295,7 @@ def train_transformer(config: TransformerRunConfig, run_dir: str | Path, resume:
         else:
             check_items(config, conditioning, raw_train, "data")
             train_data = raw_train
-            val_data = build_dataset(config.val_data) if config.val_data is not None else None
+            val_data = raw_val
             if val_data is not None:
                 check_items(config, conditioning, val_data, "val_data")
         task = TransformerTask(model, pkeep=config.pkeep, cond_dropout=config.cond_dropout, image_key=config.image_key)
@@ -283,10 +305,13 @@ def train_transformer(config: TransformerRunConfig, run_dir: str | Path, resume:
         trainer = Trainer(task, config.train, train_data, run_dir, val_data=val_data,
                           run_config={**to_dict(config), "resolved": resolved}, context=context)
         if context.is_main:
-            h, w = model.config.code_shape
-            print(f"transformer: {resolved['gpt_parameters'] / 1e6:.2f}M GPT parameters, {h}×{w} codes of "
-                  f"{model.image_vocab_size}, block_size {model.config.gpt.block_size}, vocab_size "
-                  f"{model.config.gpt.vocab_size} (uniform: {math.log(model.image_vocab_size):.3f} nats/token)")
+            classes = conditioning.class_names
+            extra = (f" in the GPT (block_size {model.config.gpt.block_size}, vocab_size {model.config.gpt.vocab_size}"
+                     f"; uniform NLL {math.log(model.image_vocab_size):.3f} nats/token)"
+                     + (f", {len(classes)} classes" if classes else ""))
+            print(start_line(f"transformer ({conditioning.kind} condition)", len(raw_train), config.data,
+                             model.config.code_shape, model.image_vocab_size, resolved["gpt_parameters"],
+                             config.train.precision, trainer.device, extra))
         return trainer.fit(resume=resume)
     finally:
         teardown()

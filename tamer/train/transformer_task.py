@@ -71,6 +71,7 @@ class TransformerTask:
     dropout; validation is held-out NLL; preview grids are samples with a fixed seed."""
 
     model_name = "gpt"
+    best_metric = ("nll", "min")  # held-out NLL per token picks the exported model
 
     def __init__(self, model: Transformer, pkeep: float = 1.0, cond_dropout: float = 0.0, image_key: str = "image"):
         if not 0.0 < pkeep <= 1.0:

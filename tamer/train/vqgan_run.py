@@ -12,11 +12,13 @@ from ..compat.taming import read_taming_checkpoint, submodule_state
 from ..config import ConfigError, from_dict, merge, parse_overrides, read_yaml, to_dict
 from ..data import DataConfig, build_dataset
 from ..guards import prepare_run_folder
+from ..presets import preset_path
 from ..losses import VQGANLoss, VQGANLossConfig
 from ..nn.perceptual import lpips_from_compvis, lpips_unavailable_reason
 from ..vqgan import VQGAN, VQGANConfig
 from .config import TrainConfig
 from .distributed import setup, teardown
+from .summary import fit_data_sizes, parameter_count, start_line
 from .trainer import Trainer
 from .vqgan_task import VQGANTask
 
@@ -38,8 +40,9 @@ class VQGANRunConfig:
 
 
 def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> VQGANRunConfig:
-    """A preset file with ``key=value`` overrides on top; every key and value is checked."""
-    document = read_yaml(path) if path else {}
+    """A preset (a YAML file, or a shipped preset's name such as ``vqgan_tiny_cpu``) with ``key=value``
+    overrides on top; every key and value is checked."""
+    document = read_yaml(preset_path(path)) if path else {}
     return from_dict(VQGANRunConfig, merge(document, parse_overrides(overrides or [])))
 
 
@@ -74,6 +77,8 @@ def train_vqgan(config: VQGANRunConfig, run_dir: str | Path, resume: bool = Fals
     context = setup(config.train.device)
     try:
         torch.manual_seed(config.train.seed)  # the same initial weights for any number of processes
+        config.data, config.val_data = fit_data_sizes(config.data, config.val_data,
+                                                      report=print if context.is_main else lambda _: None)
         model, loss = build_model_and_loss(config)
         loss = loss.to(context.device)  # LPIPS too, not only the discriminator that the trainer moves
         task = VQGANTask(model, loss, image_key=config.image_key)
@@ -81,6 +86,11 @@ def train_vqgan(config: VQGANRunConfig, run_dir: str | Path, resume: bool = Fals
         val_data = build_dataset(config.val_data) if config.val_data is not None else None
         trainer = Trainer(task, config.train, train_data, run_dir, val_data=val_data, run_config=to_dict(config),
                           context=context)
+        if context.is_main:
+            side = config.data.crop or config.data.size
+            print(start_line("vqgan", len(train_data), config.data, model.code_shape(side, side), model.vocab_size,
+                             parameter_count(model), config.train.precision, trainer.device,
+                             f" (+{parameter_count(loss.discriminator) / 1e6:.2f}M discriminator)"))
         return trainer.fit(resume=resume)
     finally:
         teardown()

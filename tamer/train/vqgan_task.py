@@ -35,6 +35,7 @@ class VQGANTask:
     """Generator step (reconstruction + perceptual + adaptive GAN + codebook losses), then discriminator step."""
 
     model_name = "vqgan"
+    best_metric = ("psnr", "max")  # held-out PSNR picks the exported model (LPIPS may lack its weights)
 
     def __init__(self, model: VQGAN, loss: VQGANLoss, image_key: str = "image", usage_window: int = 100):
         self.model, self.loss, self.image_key = model, loss, image_key

@@ -17,11 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...config import checked_keywords
+
 KINDS = ("vq", "gumbel", "fsq", "lfq", "simvq", "residual")
 # Options of the nearest-neighbour codebook (the kinds built on VectorQuantizer take them).
 _VQ_ONLY = ("ema", "kmeans_init", "dead_code_threshold")
 
 
+@checked_keywords
 @dataclass
 class QuantizerConfig:
     """Which quantizer and how it behaves; ``kind`` is one of :data:`KINDS`.
