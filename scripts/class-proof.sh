@@ -8,7 +8,8 @@
 set -euo pipefail
 runs="${1:-runs/class-proof}"
 tamer="${TAMER:-.venv/bin/tamer}"
-scene=(data.max_distractors=0 data.plain=true val_data.max_distractors=0 val_data.plain=true)
+scene=(data.max_distractors=0 data.plain=true data.object_centric=true
+       val_data.max_distractors=0 val_data.plain=true val_data.object_centric=true)
 
 if [[ ! -f "$runs/vqgan/model/config.json" ]]; then
   "$tamer" train vqgan --config vqgan_tiny_cpu --out "$runs/vqgan" --resume \
@@ -17,8 +18,7 @@ fi
 if [[ ! -f "$runs/class/model/config.json" ]]; then
   "$tamer" train transformer --config transformer_tiny_class --out "$runs/class" --resume \
     first_stage="$runs/vqgan/model" train.steps="${GPT_STEPS:-12000}" train.batch_size=32 data.length=40000 \
-    model.gpt.n_embd=128 model.gpt.embd_pdrop=0 model.gpt.resid_pdrop=0 model.gpt.attn_pdrop=0 \
     train.val_every=2000 train.checkpoint_every=2000 train.image_every=4000 "${scene[@]}"
 fi
-"$tamer" eval classes --model "$runs/class/model" --plain --max-distractors 0 --cfg-scale 1 3 5 8 -n 20 \
+"$tamer" eval classes --model "$runs/class/model" --plain --object-centric --max-distractors 0 --cfg-scale 1 3 5 8 -n 20 \
   --judge-steps "${JUDGE_STEPS:-800}" --out "$runs/classes.json"
