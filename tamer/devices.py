@@ -14,7 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .guards import InputError
+from .guards import PRECISIONS, InputError
+
+
+__all__ = ["PRECISIONS", "Precision", "autocast", "available_devices", "cpu_bf16_feature", "resolve_device",
+           "resolve_precision"]
 
 
 def available_devices() -> list[str]:
@@ -46,10 +50,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 # -- precision --------------------------------------------------------------------------------------------------------
-#: what every ``precision`` setting accepts; ``auto`` resolves with :func:`resolve_precision`
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
 @dataclass(frozen=True)
 class Precision:
     """A resolved precision: ``name`` is fp32, bf16 or fp16; ``reason`` says why (for the one line printed)."""

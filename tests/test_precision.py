@@ -1,5 +1,6 @@
 """Precision: what ``auto`` picks on each kind of hardware, and codes that bf16 autocast does not change."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -147,3 +148,45 @@ def test_ema_codebook_updates_are_equal_with_and_without_bf16_autocast(one_threa
         assert torch.equal(a.indices, b.indices)
     for (name, mine), theirs in zip(model.quantize.state_dict().items(), twin.quantize.state_dict().values()):
         assert mine.dtype == theirs.dtype and torch.equal(mine, theirs), name
+
+
+# -- the commands say which precision they chose and record it --------------------------------------------------------
+def test_encode_and_reconstruct_commands_print_the_precision(tmp_path, capsys, one_thread):
+    from tamer.cli import main
+    from tamer.imageio import save_image
+
+    VQGAN(VQGANConfig(TINY, QuantizerConfig(num_codes=32, embed_dim=8))).save(tmp_path / "vqgan")
+    images = []
+    for i, image in enumerate(_scenes(2)):
+        images.append(str(save_image(image, tmp_path / f"scene-{i}.png")))
+    model = ["--model", str(tmp_path / "vqgan"), "--device", "cpu"]
+    assert main(["encode", *images, *model, "--out", str(tmp_path / "auto.npy")]) == 0
+    assert f"precision: {resolve_precision('auto', 'cpu')}\n" in capsys.readouterr().out  # the default, once
+    codes = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / f"{precision}.npy"
+        assert main(["encode", *images, *model, "--precision", precision, "--out", str(out)]) == 0
+        assert capsys.readouterr().out.count(f"precision: {precision} (as asked)") == 1
+        codes[precision] = np.load(out)
+    assert codes["fp32"].shape == codes["bf16"].shape == (2, 8, 8)
+    assert main(["reconstruct", *images, *model, "--precision", "bf16", "--out", str(tmp_path / "rec")]) == 0
+    assert "precision: bf16 (as asked)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["encode", *images, *model, "--precision", "bf61", "--out", str(tmp_path / "x.npy")])
+    assert "argument --precision: invalid choice: 'bf61'" in capsys.readouterr().err
+
+
+def test_sample_command_records_the_resolved_precision(class_model, tmp_path, capsys):
+    import json
+
+    from tamer.cli import main
+
+    out = tmp_path / "out"
+    assert main(["sample", "--model", str(class_model), "--class", "0", "-n", "1", "--top-k", "5", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    chosen = resolve_precision("auto", "cpu")
+    assert f"precision: {chosen}" in capsys.readouterr().out
+    assert json.loads((out / "sample.json").read_text())["request"]["precision"] == chosen.name
+    assert main(["sample", "--model", str(class_model), "--class", "0", "-n", "1", "--top-k", "5", "--device", "cpu",
+                 "--precision", "bf16", "--out", str(tmp_path / "bf16")]) == 0
+    assert json.loads((tmp_path / "bf16" / "sample.json").read_text())["request"]["precision"] == "bf16"
