@@ -50,6 +50,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 # -- precision --------------------------------------------------------------------------------------------------------
+FORCED = "as asked"  # the reason of a precision given as fp32, bf16 or fp16
+
+
 @dataclass(frozen=True)
 class Precision:
     """A resolved precision: ``name`` is fp32, bf16 or fp16; ``reason`` says why (for the one line printed)."""
@@ -63,7 +66,8 @@ class Precision:
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
 
     def __str__(self) -> str:
-        return f"{self.name} ({self.reason})"
+        """``bf16 (auto: this CPU has AMX)`` when auto chose, the bare name when it was forced."""
+        return self.name if self.reason == FORCED else f"{self.name} ({self.reason})"
 
 
 def _cpuinfo_flags() -> set[str]:
@@ -110,7 +114,7 @@ def resolve_precision(precision: str, device: str | torch.device) -> Precision:
     if precision not in PRECISIONS:
         raise InputError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision != "auto":
-        return Precision(precision, "as asked")
+        return Precision(precision, FORCED)
     device = torch.device(device)
     if device.type == "cuda":
         if _cuda_bf16(device):

@@ -87,7 +87,7 @@ def test_eval_nll_command(tmp_path, capsys):
     assert cli(["eval", "nll", "--model", str(tmp_path / "model"), "--data", "procedural", "--limit", "6",
                 "--batch-size", "4", "--device", "cpu", "--precision", "fp32", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "bits_per_dim" in printed and "nll" in printed and "precision: fp32 (as asked)" in printed
+    assert "bits_per_dim" in printed and "nll" in printed and "precision: fp32\n" in printed
     saved = json.loads(out.read_text())
     assert saved["task"] == "likelihood" and saved["protocol"]["num_images"] == 6
     assert saved["protocol"]["data"]["config"]["seed"] == 12345  # the held-out procedural seed

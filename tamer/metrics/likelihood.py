@@ -17,7 +17,7 @@ import math
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
-from ..devices import Precision, autocast, resolve_precision
+from ..devices import FORCED, Precision, autocast, resolve_precision
 from ..progress import progress_bar
 
 from .results import EvalResult, library_versions
@@ -40,7 +40,7 @@ def batch_token_nll(model: torch.nn.Module, images: torch.Tensor, condition=None
     (the codes training saw), the transformer runs under ``precision``'s autocast."""
     with torch.autocast(images.device.type, enabled=False):
         codes = model.encode_images(images)
-    with autocast(images.device, precision or Precision("fp32", "as asked")):
+    with autocast(images.device, precision or Precision("fp32", FORCED)):
         return model.token_nll(codes, condition).float()
 
 
