@@ -123,6 +123,7 @@ def add_eval_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
     sub.add_argument("--limit", type=guards.positive_int,
                      default=512, help="held-out scenes for its own accuracy (default 512)")
     sub.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    guards.precision_option(sub)
     sub.add_argument("--out", type=Path, help="save results as JSON here")
     return evaluate
 
@@ -331,7 +332,7 @@ def run_reference(args) -> int:
 def run_classes(args) -> int:
     import json
 
-    from .api import load_model
+    from .api import announce_precision, load_model, model_device
     from .data.procedural import ProceduralShapes
     from .imageio import save_image
     from .metrics.shape_classifier import JUDGE_BLUR, judge_class_samples, train_shape_classifier
@@ -349,8 +350,9 @@ def run_classes(args) -> int:
     classifier = train_shape_classifier(size=height, steps=args.judge_steps, train_images=args.judge_images,
                                         seed=1, **scene)
     held_out = ProceduralShapes(size=height, length=args.limit, seed=PROCEDURAL_EVAL_SEED, **scene)
+    precision = announce_precision(args.precision, model_device(model))
     judged = judge_class_samples(model, classifier, held_out, args.samples_per_class, tuple(args.cfg_scale),
-                                 args.top_k)
+                                 args.top_k, precision=precision)
     m = judged.metrics
     for scale, accuracy in m["accuracy"].items():
         print(f"samples, guidance {scale}: {accuracy:.1%} named correctly")
@@ -358,7 +360,8 @@ def run_classes(args) -> int:
           f"on their reconstructions {m['classifier_on_reconstructions']:.1%}")
     if args.out is not None:
         protocol = {"model": str(args.model), "scene": scene, "judge_steps": args.judge_steps,
-                    "judge_images": args.judge_images, "judge_blur": JUDGE_BLUR, "held_out_seed": PROCEDURAL_EVAL_SEED}
+                    "judge_images": args.judge_images, "judge_blur": JUDGE_BLUR, "held_out_seed": PROCEDURAL_EVAL_SEED,
+                    "precision": precision}
         args.out.write_text(json.dumps({"metrics": m, "protocol": protocol}, indent=2) + "\n")
         grids = []
         for scale in judged.samples:  # one row per class, to look at beside the figures
