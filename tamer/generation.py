@@ -14,8 +14,8 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 from .class_names import class_labels, resolve_classes
-from .devices import autocast, resolve_precision
 from .conditioning import coordinate_map
+from .devices import autocast, resolve_precision
 from .guards import check_count, check_model_pixels
 from .imageio import ImageError, open_image, read_image, save_image
 from .report import labelled_grid
