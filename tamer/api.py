@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoints import load
-from .devices import resolve_device  # noqa: F401  (part of this module's API)
+from .devices import autocast, resolve_device, resolve_precision
 from .guards import InputError, check_count, check_model_pixels
 from .imageio import FitMode, fit_to_multiple, read_image, save_image  # noqa: F401  (save_image re-exported)
 from .metrics.image import psnr
@@ -26,6 +26,18 @@ def load_model(path: str | Path, config: str | Path | None = None, device: str |
 
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def announce_precision(precision: str, device: str | torch.device, report: Callable[[str], None] = print) -> str:
+    """Resolve ``precision`` (``auto``: bf16 where it is fast on ``device``), say it once, return the name."""
+    chosen = resolve_precision(precision, device)
+    report(f"precision: {chosen}")
+    return chosen.name
+
+
+def _autocast(model: torch.nn.Module, precision: str):
+    device = model_device(model)
+    return autocast(device, resolve_precision(precision, device))
 
 
 def read_images(paths: Sequence[str | Path], model: VQGAN, size: int | None = None, fit: FitMode = "crop",
@@ -86,22 +98,25 @@ def _batches_by_size(images: Sequence[torch.Tensor], batch_size: int):
 
 
 @torch.inference_mode()
-def reconstruct_images(model: VQGAN, images: Sequence[torch.Tensor], batch_size: int = 4):
-    """``[(reconstruction, psnr_db), ...]`` in the order of ``images`` (sizes may differ)."""
+def reconstruct_images(model: VQGAN, images: Sequence[torch.Tensor], batch_size: int = 4, precision: str = "fp32"):
+    """``[(reconstruction, psnr_db), ...]`` in the order of ``images`` (sizes may differ); ``precision`` as
+    :func:`tamer.devices.resolve_precision` takes it (codes are chosen in fp32 whatever it is)."""
     require_vqgan(model)
     check_count("batch_size", batch_size)
     device = model_device(model)
     results: list = [None] * len(images)
     for indices in _batches_by_size(images, batch_size):
         batch = torch.stack([images[i] for i in indices]).to(device)
-        reconstruction = model(batch).reconstruction.clamp(-1, 1)
+        with _autocast(model, precision):
+            reconstruction = model(batch).reconstruction.float().clamp(-1, 1)
         for i, rec, value in zip(indices, reconstruction.cpu(), psnr(reconstruction, batch).tolist()):
             results[i] = (rec, value)
     return results
 
 
 @torch.inference_mode()
-def encode_images(model: VQGAN, images: Sequence[torch.Tensor], batch_size: int = 4) -> torch.Tensor:
+def encode_images(model: VQGAN, images: Sequence[torch.Tensor], batch_size: int = 4,
+                  precision: str = "fp32") -> torch.Tensor:
     """Code indices ``N×h×w`` for images of one size."""
     require_vqgan(model)
     check_count("batch_size", batch_size)
@@ -109,18 +124,20 @@ def encode_images(model: VQGAN, images: Sequence[torch.Tensor], batch_size: int 
     if len(sizes) > 1:
         raise ValueError(f"images have different sizes {sorted(sizes)}; pass --size (and --fit) to make them equal")
     device = model_device(model)
-    codes = [model.encode(torch.stack(list(images[i:i + batch_size])).to(device)).cpu()
-             for i in range(0, len(images), batch_size)]
+    with _autocast(model, precision):
+        codes = [model.encode(torch.stack(list(images[i:i + batch_size])).to(device)).cpu()
+                 for i in range(0, len(images), batch_size)]
     return torch.cat(codes)
 
 
 @torch.inference_mode()
-def decode_codes(model: VQGAN, codes: torch.Tensor, batch_size: int = 4) -> torch.Tensor:
+def decode_codes(model: VQGAN, codes: torch.Tensor, batch_size: int = 4, precision: str = "fp32") -> torch.Tensor:
     require_vqgan(model)
     check_count("batch_size", batch_size)
     device = model_device(model)
-    return torch.cat([model.decode(codes[i:i + batch_size].to(device)).clamp(-1, 1).cpu()
-                      for i in range(0, len(codes), batch_size)])
+    with _autocast(model, precision):
+        return torch.cat([model.decode(codes[i:i + batch_size].to(device)).float().clamp(-1, 1).cpu()
+                          for i in range(0, len(codes), batch_size)])
 
 
 def save_codes(codes: torch.Tensor, path: str | Path) -> Path:

@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", help="project.yaml of a CompVis .ckpt (found beside it when omitted)")
         sub.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
         sub.add_argument("--batch-size", type=guards.positive_int, default=4)
+        guards.precision_option(sub)
         sub.add_argument("--max-pixels", type=guards.positive_int, metavar="N",
                          help=f"pixels per image a model is given (default {guards.MAX_MODEL_PIXELS}, 2048×2048)")
 
@@ -123,10 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_model(args, vqgan: bool = False):
+    """The model, with ``args.precision`` resolved for its device (and printed once)."""
     from . import api
 
     model = api.load_model(args.model, config=args.config, device=args.device)
-    return api.require_vqgan(model, args.model) if vqgan else model
+    model = api.require_vqgan(model, args.model) if vqgan else model
+    args.precision = api.announce_precision(args.precision, api.model_device(model))
+    return model
 
 
 def _reconstruct(args) -> int:
@@ -136,7 +140,7 @@ def _reconstruct(args) -> int:
     outputs, renamed = guards.output_names(args.images)
     model = _load_model(args, vqgan=True)
     images, names = api.read_images(args.images, model, size=args.size, fit=args.fit, report=print)
-    results = api.reconstruct_images(model, images, batch_size=args.batch_size)
+    results = api.reconstruct_images(model, images, batch_size=args.batch_size, precision=args.precision)
     args.out.mkdir(parents=True, exist_ok=True)
     for note in renamed:
         print(note)
@@ -154,7 +158,7 @@ def _encode(args) -> int:
     guards.check_output_file(args.out, args.images, suffix=".npy")
     model = _load_model(args, vqgan=True)
     images, names = api.read_images(args.images, model, size=args.size, fit=args.fit, report=print)
-    codes = api.encode_images(model, images, batch_size=args.batch_size)
+    codes = api.encode_images(model, images, batch_size=args.batch_size, precision=args.precision)
     api.save_codes(codes, args.out)
     print(f"wrote codes {tuple(codes.shape)} for {len(names)} images to {args.out}")
     return 0
@@ -166,7 +170,7 @@ def _decode(args) -> int:
     guards.check_output_folder(args.out, [args.codes])
     model = _load_model(args, vqgan=True)
     codes = api.load_codes(args.codes, model)
-    images = api.decode_codes(model, codes, batch_size=args.batch_size)
+    images = api.decode_codes(model, codes, batch_size=args.batch_size, precision=args.precision)
     args.out.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(images):
         api.save_image(image, args.out / f"{i:04d}.png")

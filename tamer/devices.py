@@ -1,4 +1,7 @@
-"""Device choice shared by the command line, evaluation and training: ``auto`` means CUDA when there is a GPU.
+"""Device and precision choice shared by the command line, evaluation and training.
+
+``auto`` means CUDA when there is a GPU for a device, and bf16 where it is fast for a precision (GPUs with bf16,
+CPUs with AMX or AVX512-BF16; on AVX2-only CPUs bf16 autocast is many times slower than fp32).
 
 A device that does not exist here (``cuda:7`` on a machine with one GPU, ``cuda`` without one, a typo) is refused
 at once with what is available, instead of failing deep inside the first ``.to()``.
@@ -6,9 +9,16 @@ at once with what is available, instead of failing deep inside the first ``.to()
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
+
 import torch
 
-from .guards import InputError
+from .guards import PRECISIONS, InputError
+
+
+__all__ = ["PRECISIONS", "Precision", "autocast", "available_devices", "cpu_bf16_feature", "resolve_device",
+           "resolve_precision"]
 
 
 def available_devices() -> list[str]:
@@ -37,3 +47,90 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise InputError(f"--device {device}: tamer runs on cpu, cuda or mps (available: "
                          f"{', '.join(available_devices())})")
     return resolved
+
+
+# -- precision --------------------------------------------------------------------------------------------------------
+FORCED = "as asked"  # the reason of a precision given as fp32, bf16 or fp16
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A resolved precision: ``name`` is fp32, bf16 or fp16; ``reason`` says why (for the one line printed)."""
+
+    name: str
+    reason: str
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The autocast dtype, or None for fp32 (no autocast)."""
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
+
+    def __str__(self) -> str:
+        """``bf16 (auto: this CPU has AMX)`` when auto chose, the bare name when it was forced."""
+        return self.name if self.reason == FORCED else f"{self.name} ({self.reason})"
+
+
+def _cpuinfo_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none: macOS, Windows)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_bf16_feature() -> str | None:
+    """The feature that makes bf16 fast on this CPU (``AMX``, ``AVX512-BF16``), or None (AVX2-only and others).
+
+    ``torch.backends.cpu.get_cpu_capability()`` says ``AMX`` on Sapphire Rapids and later, but only ``AVX512`` on
+    AMD Zen 4, which has AVX512-BF16 too; the Linux flags ``amx_bf16``/``avx512_bf16`` tell them apart.
+    """
+    capability = torch.backends.cpu.get_cpu_capability().upper()
+    flags = _cpuinfo_flags()
+    if "AMX" in capability or "amx_bf16" in flags:
+        return "AMX"
+    if "avx512_bf16" in flags:
+        return "AVX512-BF16"
+    return None
+
+
+def _cuda_bf16(device: torch.device) -> bool:
+    """Native bf16 on this GPU (Ampere and later); emulated bf16 on older GPUs is slow and does not count."""
+    with torch.cuda.device(device):
+        try:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch before 2.3 has no including_emulation (and counts only native bf16)
+            return torch.cuda.is_bf16_supported()
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> Precision:
+    """``auto`` -> bf16 where it is fast on ``device`` (CUDA with bf16, CPUs with AMX or AVX512-BF16), else fp32.
+
+    ``fp32``, ``bf16`` and ``fp16`` are kept as given. Anything else is refused by name.
+    """
+    if precision not in PRECISIONS:
+        raise InputError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return Precision(precision, FORCED)
+    device = torch.device(device)
+    if device.type == "cuda":
+        if _cuda_bf16(device):
+            return Precision("bf16", "auto: this GPU supports bf16")
+        return Precision("fp32", "auto: this GPU has no fast bf16")
+    if device.type == "cpu":
+        feature = cpu_bf16_feature()
+        if feature:
+            return Precision("bf16", f"auto: this CPU has {feature}")
+        capability = torch.backends.cpu.get_cpu_capability()
+        return Precision("fp32", f"auto: this CPU ({capability}) has no AMX or AVX512-BF16")
+    return Precision("fp32", f"auto: bf16 is not known to be fast on {device.type}")
+
+
+def autocast(device: str | torch.device, precision: Precision):
+    """The autocast context of a resolved precision (a no-op context for fp32)."""
+    if precision.dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=precision.dtype)

@@ -50,6 +50,7 @@ def add_eval_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
     sub.add_argument("--vgg", type=Path, help="VGG16 weights for LPIPS (default: torchvision's cache file)")
     sub.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     sub.add_argument("--no-fid", action="store_true", help="skip rFID")
+    guards.precision_option(sub)
     _common_options(sub, batch_size=8)
 
     sub = kinds.add_parser("nll", help="Held-out NLL per token, bits per token and bits/dim of a Transformer.",
@@ -76,6 +77,7 @@ def add_eval_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
     sub.add_argument("--workers", type=guards.non_negative_int,
                      default=0, help="DataLoader workers decoding images (default 0)")
     sub.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    guards.precision_option(sub)
     sub.add_argument("--out", type=Path, help="save results as JSON here")
 
     sub = kinds.add_parser("samples", help="FID, KID, IS and precision/recall of generated images.",
@@ -121,6 +123,7 @@ def add_eval_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
     sub.add_argument("--limit", type=guards.positive_int,
                      default=512, help="held-out scenes for its own accuracy (default 512)")
     sub.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    guards.precision_option(sub)
     sub.add_argument("--out", type=Path, help="save results as JSON here")
     return evaluate
 
@@ -230,7 +233,7 @@ def _finish(result, out: Path | None) -> int:
 
 
 def run_recon(args) -> int:
-    from .api import load_model
+    from .api import announce_precision, load_model, model_device
     from .config import to_dict
     from .data import build_dataset
     from .metrics import evaluate_reconstructions
@@ -250,7 +253,8 @@ def run_recon(args) -> int:
     result = evaluate_reconstructions(
         model, dataset, limit=args.limit, batch_size=args.batch_size, num_workers=args.workers,
         features=_stand_in(args.features), inception_path=args.inception, fid=not args.no_fid, vgg_path=args.vgg,
-        lpips=not args.no_lpips, data_protocol={"spec": args.data, "config": to_dict(config)})
+        lpips=not args.no_lpips, data_protocol={"spec": args.data, "config": to_dict(config)},
+        precision=announce_precision(args.precision, model_device(model)))
     result.notes += notes
     return _finish(result, args.out)
 
@@ -258,7 +262,7 @@ def run_recon(args) -> int:
 def run_nll(args) -> int:
     from dataclasses import replace
 
-    from .api import load_model
+    from .api import announce_precision, load_model, model_device
     from .config import to_dict
     from .data import build_dataset
     from .metrics.likelihood import evaluate_likelihood
@@ -281,7 +285,8 @@ def run_nll(args) -> int:
     check_classes(model, dataset, args.data)
     result = evaluate_likelihood(model, dataset, limit=args.limit, batch_size=args.batch_size,
                                  num_workers=args.workers, image_key=args.image_key,
-                                 data_protocol={"spec": args.data, "config": to_dict(config)})
+                                 data_protocol={"spec": args.data, "config": to_dict(config)},
+                                 precision=announce_precision(args.precision, model_device(model)))
     result.protocol["model"] = str(args.model)
     result.notes += notes
     return _finish(result, args.out)
@@ -327,7 +332,7 @@ def run_reference(args) -> int:
 def run_classes(args) -> int:
     import json
 
-    from .api import load_model
+    from .api import announce_precision, load_model, model_device
     from .data.procedural import ProceduralShapes
     from .imageio import save_image
     from .metrics.shape_classifier import JUDGE_BLUR, judge_class_samples, train_shape_classifier
@@ -345,8 +350,9 @@ def run_classes(args) -> int:
     classifier = train_shape_classifier(size=height, steps=args.judge_steps, train_images=args.judge_images,
                                         seed=1, **scene)
     held_out = ProceduralShapes(size=height, length=args.limit, seed=PROCEDURAL_EVAL_SEED, **scene)
+    precision = announce_precision(args.precision, model_device(model))
     judged = judge_class_samples(model, classifier, held_out, args.samples_per_class, tuple(args.cfg_scale),
-                                 args.top_k)
+                                 args.top_k, precision=precision)
     m = judged.metrics
     for scale, accuracy in m["accuracy"].items():
         print(f"samples, guidance {scale}: {accuracy:.1%} named correctly")
@@ -354,7 +360,8 @@ def run_classes(args) -> int:
           f"on their reconstructions {m['classifier_on_reconstructions']:.1%}")
     if args.out is not None:
         protocol = {"model": str(args.model), "scene": scene, "judge_steps": args.judge_steps,
-                    "judge_images": args.judge_images, "judge_blur": JUDGE_BLUR, "held_out_seed": PROCEDURAL_EVAL_SEED}
+                    "judge_images": args.judge_images, "judge_blur": JUDGE_BLUR, "held_out_seed": PROCEDURAL_EVAL_SEED,
+                    "precision": precision}
         args.out.write_text(json.dumps({"metrics": m, "protocol": protocol}, indent=2) + "\n")
         grids = []
         for scale in judged.samples:  # one row per class, to look at beside the figures

@@ -4,7 +4,7 @@ written out. ``tamer sample`` is a thin wrapper around :func:`sample_to_folder`.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -15,6 +15,7 @@ from torchvision.utils import make_grid
 
 from .class_names import class_labels, resolve_classes
 from .conditioning import coordinate_map
+from .devices import autocast, resolve_precision
 from .guards import check_count, check_model_pixels
 from .imageio import ImageError, open_image, read_image, save_image
 from .report import labelled_grid
@@ -50,6 +51,7 @@ class SampleRequest:
     size: tuple[int, int] | None = None  # pixels; None: the training size
     seed: int = 0
     batch_size: int = 8
+    precision: str = "fp32"  # or auto, bf16, fp16 (tamer.devices.resolve_precision); sample.json keeps the resolved
 
 
 def conditions_for(model: Transformer, request: SampleRequest, size: tuple[int, int]):
@@ -89,6 +91,8 @@ def sample_images(model: Transformer, request: SampleRequest, settings: Sampling
     check_count("num_samples", request.num_samples)
     check_count("batch_size", request.batch_size)
     code_shape = model.first_stage_model.code_shape(*size)
+    device = next(model.parameters()).device
+    precision = resolve_precision(request.precision, device)
     images, codes, seeds = [], [], []
     seed = request.seed
     for condition, count in conditions_for(model, request, size):
@@ -102,11 +106,12 @@ def sample_images(model: Transformer, request: SampleRequest, settings: Sampling
                 if callback is not None:
                     callback(k, so_far)
 
-            grid = model.sample_codes(part, n, settings, seed=seed, code_shape=code_shape, callback=on_token)
-            if bar:
-                bar.close()
-            codes.append(grid.cpu())
-            images.append(model.decode_codes(grid).float().cpu())
+            with autocast(device, precision):
+                grid = model.sample_codes(part, n, settings, seed=seed, code_shape=code_shape, callback=on_token)
+                if bar:
+                    bar.close()
+                codes.append(grid.cpu())
+                images.append(model.decode_codes(grid).float().cpu())
             seeds.extend(range(seed, seed + n))
             seed += n
     return torch.cat(images), torch.cat(codes), seeds
@@ -124,9 +129,10 @@ def sample_to_folder(model: Transformer, request: SampleRequest, settings: Sampl
                      progress: bool = True, callback: Callback | None = None) -> Path:
     """Write ``sample-<seed>.png`` per sample, ``grid.png`` (one row per class when class-conditional, and then
     ``grid-labelled.png``, enlarged with each row named by its class), ``codes.npy`` (``N×h×w``) and
-    ``sample.json`` (settings, seeds, model) into ``out``."""
+    ``sample.json`` (settings, seeds, request with the resolved precision) into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    request = replace(request, precision=resolve_precision(request.precision, next(model.parameters()).device).name)
     images, codes, seeds = sample_images(model, request, settings, progress, callback)
     for image, seed in zip(images, seeds):
         save_image(image, out / f"sample-{seed}.png")

@@ -34,6 +34,7 @@ def add_sample_command(commands: argparse._SubParsersAction) -> argparse.Argumen
     sub.add_argument("--max-pixels", type=guards.positive_int, metavar="N",
                      help=f"pixels per sample (default at most {guards.MAX_MODEL_PIXELS}, 2048×2048)")
     sub.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    guards.precision_option(sub)
     sub.add_argument("--out", type=Path, required=True, help="output folder")
     return sub
 
@@ -55,7 +56,7 @@ _size = height_by_width("pixels", "256x512")
 
 
 def run_sample(args) -> int:
-    from .api import load_model
+    from .api import announce_precision, load_model
     from .generation import SampleRequest, sample_to_folder
     from .sampling import SamplingSettings
     from .transformer import Transformer
@@ -68,8 +69,9 @@ def run_sample(args) -> int:
     if not isinstance(model, Transformer):
         raise ValueError(f"{args.model}: holds a {type(model).__name__}; `tamer sample` needs a transformer")
     settings = SamplingSettings(args.temperature, args.top_k, args.top_p, args.cfg_scale)
+    precision = announce_precision(args.precision, next(model.parameters()).device)
     request = SampleRequest(args.num_samples, args.classes, None if args.cond is None else str(args.cond), args.size,
-                            args.seed, args.batch_size)
+                            args.seed, args.batch_size, precision)
     out = sample_to_folder(model, request, settings, args.out)
     print(f"wrote {out / 'grid.png'}, samples and codes.npy to {out}")
     return 0

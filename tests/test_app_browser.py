@@ -133,7 +133,7 @@ def test_page_samples_the_pixels_of_tamer_sample_and_survives_a_corrupt_upload(s
                                                                                tmp_path):
     expected = tmp_path / "cli"
     assert main(["sample", "--model", str(class_model), "--class", "2", "-n", "2", "--top-k", "5",
-                 "--seed", "5", "--out", str(expected)]) == 0
+                 "--seed", "5", "--precision", "fp32", "--out", str(expected)]) == 0  # the app samples in fp32
 
     browser.get(server)
     browser.find_element(By.CSS_SELECTOR, "#m0-class input").click()
@@ -175,7 +175,9 @@ def test_vqgan_tab_shows_the_reconstruction_psnr_and_codes_of_tamer_reconstruct(
     picture = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (17, 20, 3), dtype=np.uint8)).save(picture)
     capsys.readouterr()
-    assert main(["reconstruct", "--model", str(vqgan_model), str(picture), "--out", str(tmp_path / "cli")]) == 0
+    # the app reconstructs in fp32
+    assert main(["reconstruct", "--model", str(vqgan_model), str(picture), "--precision", "fp32",
+                 "--out", str(tmp_path / "cli")]) == 0
     [row] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("photo.png ")]
     psnr = row.split()[-1]
 
@@ -189,7 +191,8 @@ def test_vqgan_tab_shows_the_reconstruction_psnr_and_codes_of_tamer_reconstruct(
     shown = [img.get_attribute("src") for img in browser.find_elements(By.CSS_SELECTOR, "#m1-gallery img")]
     assert [src.rsplit("/", 1)[-1] for src in shown] == ["input.png", "reconstruction.png"]
     assert np.array_equal(pixels(fetch(shown[1])), pixels((tmp_path / "cli" / "photo.png").read_bytes()))
-    assert main(["encode", "--model", str(vqgan_model), str(picture), "--out", str(tmp_path / "codes.npy")]) == 0
+    assert main(["encode", "--model", str(vqgan_model), str(picture), "--precision", "fp32",
+                 "--out", str(tmp_path / "codes.npy")]) == 0
     cells = browser.find_element(By.ID, "m1-codes").text.split("\n")[1 + 10:]  # the label, the column headers
     assert [int(cell) for cell in cells] == np.load(tmp_path / "codes.npy")[0].flatten().tolist()
 
@@ -212,7 +215,7 @@ def test_a_map_drawn_on_the_canvas_samples_like_tamer_sample_with_that_map(serve
     labels = np.asarray(Image.open(tmp_path / "condition.png"))
     assert labels.shape == (8, 8) and set(np.unique(labels).tolist()) == {0, 1}
     assert main(["sample", "--model", str(seg_model), "--cond", str(tmp_path / "condition.png"), "-n", "2",
-                 "--out", str(tmp_path / "cli")]) == 0
+                 "--precision", "fp32", "--out", str(tmp_path / "cli")]) == 0  # the app samples in fp32
     shown = [img.get_attribute("src") for img in browser.find_elements(By.CSS_SELECTOR, "#m2-gallery img")]
     assert len(shown) == 2
     for src, seed in zip(shown, (0, 1)):

@@ -28,7 +28,7 @@ def test_samples_equal_tamer_sample_beyond_the_training_size_and_previews_fill_i
 
     model = tamer.load(class_model)
     assert main(["sample", "--model", str(class_model), "--class", "1", "-n", "2", "--top-p", "0.9", "--seed", "3",
-                 "--size", "24x16", "--out", str(tmp_path / "cli")]) == 0
+                 "--size", "24x16", "--precision", "fp32", "--out", str(tmp_path / "cli")]) == 0  # the app's
     previews = []
     result = jobs.sample(model, tmp_path / "app", jobs.Controls(seed=3, num_samples=2, top_p=0.9, size=(24, 16)),
                          class_label=1, show=lambda images, done, total: previews.append((images, done, total)))
@@ -99,7 +99,7 @@ def test_a_drawn_segmentation_map_samples_like_the_same_map_from_a_file(tmp_path
     model.save(tmp_path / "seg")
     label_map_to_png(torch.from_numpy(expected), tmp_path / "map.png")
     assert main(["sample", "--model", str(tmp_path / "seg"), "--cond", str(tmp_path / "map.png"), "-n", "2",
-                 "--size", "16x16", "--out", str(tmp_path / "cli")]) == 0
+                 "--size", "16x16", "--precision", "fp32", "--out", str(tmp_path / "cli")]) == 0  # the app's
     result = jobs.sample(model, tmp_path / "app", jobs.Controls(seed=0, num_samples=2, size=(64, 64)),
                          condition_map=str(drawn))
     assert "16×16 pixels" in result.summary  # a spatial model samples at its map's size

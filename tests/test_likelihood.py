@@ -85,9 +85,9 @@ def test_eval_nll_command(tmp_path, capsys):
     model.save(tmp_path / "model")
     out = tmp_path / "nll.json"
     assert cli(["eval", "nll", "--model", str(tmp_path / "model"), "--data", "procedural", "--limit", "6",
-                "--batch-size", "4", "--device", "cpu", "--out", str(out)]) == 0
+                "--batch-size", "4", "--device", "cpu", "--precision", "fp32", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "bits_per_dim" in printed and "nll" in printed
+    assert "bits_per_dim" in printed and "nll" in printed and "precision: fp32\n" in printed
     saved = json.loads(out.read_text())
     assert saved["task"] == "likelihood" and saved["protocol"]["num_images"] == 6
     assert saved["protocol"]["data"]["config"]["seed"] == 12345  # the held-out procedural seed
@@ -97,6 +97,13 @@ def test_eval_nll_command(tmp_path, capsys):
     with torch.no_grad():
         expected = hand_nll(tamer.load(tmp_path / "model"), images, labels).mean().item()
     assert saved["metrics"]["nll"] == pytest.approx(expected, rel=1e-5)
+    assert saved["protocol"]["precision"] == "fp32"
+    # bf16 autocast (what auto picks where bf16 is fast): codes still encoded in fp32, NLL within 0.01 nats
+    assert cli(["eval", "nll", "--model", str(tmp_path / "model"), "--data", "procedural", "--limit", "6",
+                "--batch-size", "4", "--device", "cpu", "--precision", "bf16",
+                "--out", str(tmp_path / "bf16.json")]) == 0
+    saved = json.loads((tmp_path / "bf16.json").read_text())
+    assert saved["protocol"]["precision"] == "bf16" and abs(saved["metrics"]["nll"] - expected) < 0.01
 
     assert cli(["eval", "nll", "--model", str(tmp_path / "model"), "--data", "procedural", "--size", "32"]) == 1
     assert "trained on 16×16 images" in capsys.readouterr().err
@@ -129,8 +136,9 @@ def test_eval_nll_reads_a_class_folder_directly(tmp_path, capsys):
     model.config.conditioning = replace(model.config.conditioning, class_names=names)
     model.save(tmp_path / "model")
     out = tmp_path / "nll.json"
+    # a class model reads a folder as classes without being told
     assert cli(["eval", "nll", "--model", str(tmp_path / "model"), "--data", str(folder), "--device", "cpu",
-                "--out", str(out)]) == 0  # a class model reads a folder as classes without being told
+                "--precision", "fp32", "--out", str(out)]) == 0
     saved = json.loads(out.read_text())
     assert saved["protocol"]["data"]["config"]["kind"] == "classes" and saved["protocol"]["num_images"] == 6
     items = ClassFolder(folder)

@@ -10,6 +10,7 @@ from PIL import Image
 
 from tamer.cli import main as cli
 from tamer.data import ProceduralShapes
+from tamer.devices import resolve_precision
 from tamer.metrics.shape_classifier import class_accuracy, judge_class_samples, train_shape_classifier
 
 SCENE = {"max_distractors": 0, "plain": True}
@@ -71,6 +72,7 @@ def test_eval_classes_command_writes_its_figures(tmp_path):
                 "--out", str(out)]) == 0
     saved = json.loads(out.read_text())
     assert set(saved["metrics"]["accuracy"]) == {"1"} and saved["protocol"]["scene"]["plain"] is True
+    assert saved["protocol"]["precision"] == resolve_precision("auto", "cpu").name  # the default, resolved
     grid = Image.open(tmp_path / "classes-cfg1.png")  # one row per class, one sample each
     assert grid.size == (2 + 18, 2 + 18 * 10)  # 16-pixel samples, 2-pixel padding
 

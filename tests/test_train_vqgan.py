@@ -86,7 +86,8 @@ def test_killed_run_resumes_on_the_same_trajectory(tmp_path):
 
 def test_two_process_torchrun_matches_one_process(tmp_path):
     common = ["--config", "configs/vqgan_tiny_cpu.yaml", *MICRO, "train.steps=3", "train.lr=1e-3",
-              "loss.disc_start=1000", "loss.disc_warmup_steps=0", "train.checkpoint_every=1000"]
+              "loss.disc_start=1000", "loss.disc_warmup_steps=0", "train.checkpoint_every=1000",
+              "train.precision=fp32"]  # the tolerance below is fp32 rounding (auto may pick bf16 here)
     run_cli([sys.executable, "-m", "tamer.cli", "train", "vqgan", *common, "train.batch_size=4",
              "--out", str(tmp_path / "one")])
     run_cli([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
@@ -139,11 +140,17 @@ def test_image_schedule_grows():
     assert [s for s in range(1, 3001) if image_steps(s, 1000)] == [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 3000]
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_mixed_precision_steps(precision, tmp_path):
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "auto"])
+def test_mixed_precision_steps(precision, tmp_path, capsys):
+    from tamer.devices import resolve_precision
+
     config = load_run_config(ROOT / "configs/vqgan_tiny_cpu.yaml", MICRO + [
         "train.steps=3", f"train.precision={precision}", "loss.disc_start=1", "loss.disc_warmup_steps=0"])
     logs = train_vqgan(config, tmp_path)
+    resolved = resolve_precision(precision, "cpu")
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["train"]["precision"] == precision and saved["resolved_precision"] == resolved.name
+    assert f"{resolved} on cpu" in capsys.readouterr().out  # the start line says what auto chose, and why
     assert all(torch.isfinite(torch.tensor(v)) for v in logs.values())
     assert logs["d_weight"] > 0
     assert tamer.load(tmp_path / "model").encode(torch.zeros(1, 3, 16, 16)).shape == (1, 8, 8)

@@ -89,8 +89,9 @@ def _train_stage(kind: str, preset: str, out: Path, overrides: list[str]) -> Pat
 
 
 def _common(plan: DemoPlan, device: str, steps: int) -> list[str]:
-    """Overrides for every stage: its length, the demo's data, and validation only at the end."""
-    return [f"train.steps={steps}", f"train.device={device}", f"data.length={plan.data_length}",
+    """Overrides for every stage: its length, the demo's data, validation only at the end, and fp32 (the published
+    figures are fp32, whatever train.precision's auto would pick here)."""
+    return [f"train.steps={steps}", f"train.device={device}", "train.precision=fp32", f"data.length={plan.data_length}",
             f"val_data.length={plan.val_images}", f"train.val_every={steps}", f"train.checkpoint_every="
             f"{max(steps // 2, 1)}", f"train.image_every={steps}", f"train.val_batches={plan.val_images}",
             *(f"{part}.{key}={str(value).lower()}" for part in ("data", "val_data") for key, value in SCENE.items())]

@@ -17,6 +17,7 @@ import math
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
+from ..devices import FORCED, Precision, autocast, resolve_precision
 from ..progress import progress_bar
 
 from .results import EvalResult, library_versions
@@ -33,22 +34,28 @@ def bits_per_dim(nats_per_image: float | torch.Tensor, height: int, width: int, 
     return nats_per_image / LN2 / (height * width * channels)
 
 
-def batch_token_nll(model: torch.nn.Module, images: torch.Tensor, condition=None) -> torch.Tensor:
-    """NLL in nats of every image token of ``images`` (``B×C×H×W``), ``B×N``."""
-    codes = model.encode_images(images)
-    return model.token_nll(codes, condition)
+def batch_token_nll(model: torch.nn.Module, images: torch.Tensor, condition=None,
+                    precision: Precision | None = None) -> torch.Tensor:
+    """NLL in nats of every image token of ``images`` (``B×C×H×W``), ``B×N``; the images are encoded in fp32
+    (the codes training saw), the transformer runs under ``precision``'s autocast."""
+    with torch.autocast(images.device.type, enabled=False):
+        codes = model.encode_images(images)
+    with autocast(images.device, precision or Precision("fp32", FORCED)):
+        return model.token_nll(codes, condition).float()
 
 
 @torch.inference_mode()
 def evaluate_likelihood(model: torch.nn.Module, dataset: Dataset, *, limit: int | None = None, batch_size: int = 16,
                         num_workers: int = 0, image_key: str = "image", data_protocol: dict | None = None,
-                        progress: bool = True) -> EvalResult:
+                        progress: bool = True, precision: str = "fp32") -> EvalResult:
     """Held-out NLL of ``model`` (a :class:`~tamer.transformer.Transformer`, on its device) over ``dataset``
-    (its first ``limit`` items). Items hold ``image_key`` and, for a conditional model, its condition's key."""
+    (its first ``limit`` items). Items hold ``image_key`` and, for a conditional model, its condition's key.
+    ``precision`` is the model's autocast (``auto``: bf16 where it is fast); the protocol records the one resolved."""
     if not (hasattr(model, "token_nll") and hasattr(model, "encode_images")):
         raise ValueError(f"likelihood evaluation needs a Transformer, got {type(model).__name__}")
     model.eval()
     device = model.transformer.pos_emb.device
+    chosen = resolve_precision(precision, device)
     conditioning = model.config.conditioning
     height, width = model.config.image_size
     if limit is not None:
@@ -71,7 +78,7 @@ def evaluate_likelihood(model: torch.nn.Module, dataset: Dataset, *, limit: int 
                 raise ValueError(f"the model is conditioned on {conditioning.key!r} ({conditioning.kind}), but the "
                                  f"data items hold only {', '.join(sorted(batch))}")
             condition = batch[conditioning.key].to(device)
-        nll = batch_token_nll(model, pixels, condition).double()
+        nll = batch_token_nll(model, pixels, condition, chosen).double()
         total += nll.sum().item()
         tokens += nll.numel()
         images += nll.shape[0]
@@ -93,7 +100,7 @@ def evaluate_likelihood(model: torch.nn.Module, dataset: Dataset, *, limit: int 
         "token_order": model.config.token_order,
         "definition": "nll: mean over image tokens of -log p (nats), image-codebook logits only; "
                       "bits_per_dim: sum of token bits per image / (H*W*3); no pkeep noise, no condition dropout",
-        "dtype": str(model.transformer.pos_emb.dtype).replace("torch.", ""),
+        "dtype": str(model.transformer.pos_emb.dtype).replace("torch.", ""), "precision": chosen.name,
         "data": data_protocol, "versions": library_versions(),
     }
     return EvalResult(task="likelihood", metrics=metrics, protocol=protocol)

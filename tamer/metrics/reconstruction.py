@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
+from ..devices import autocast, resolve_precision
 from ..progress import progress_bar
 
 from .distribution import distribution_metrics, network_protocol, resolve_feature_network
@@ -44,8 +45,12 @@ def evaluate_reconstructions(model: torch.nn.Module, dataset: Dataset, *, limit:
                              batch_size: int = 8, num_workers: int = 0, features: FeatureNetwork | None = None,
                              inception_path: str | Path | None = None, fid: bool = True,
                              vgg_path: str | Path | None = None, lpips: bool | torch.nn.Module = True,
-                             data_protocol: dict | None = None, image_key: str = "image") -> EvalResult:
+                             data_protocol: dict | None = None, image_key: str = "image",
+                             precision: str = "fp32") -> EvalResult:
     """Reconstruct every image of ``dataset`` (its first ``limit``) with ``model`` (a VQGAN, on its device).
+
+    ``precision`` is the model's autocast (``auto``: bf16 where it is fast; codes are chosen in fp32 whatever it
+    is); the metrics themselves run in fp32, and the protocol records the precision resolved.
 
     rFID uses ``features`` if given, else the Inception network from ``inception_path`` or the hub cache; when
     the default file is missing rFID is skipped with a note (a path the user names must exist). LPIPS likewise
@@ -56,6 +61,7 @@ def evaluate_reconstructions(model: torch.nn.Module, dataset: Dataset, *, limit:
     if not (hasattr(model, "vocab_size") and hasattr(model.config, "autoencoder")):
         raise ValueError(f"reconstruction evaluation needs a VQGAN, got {type(model).__name__}")
     device = next(model.parameters()).device
+    chosen = resolve_precision(precision, device)
     model.eval()
     if limit is not None:
         if limit < 1:
@@ -88,7 +94,8 @@ def evaluate_reconstructions(model: torch.nn.Module, dataset: Dataset, *, limit:
     with progress_bar(total=total, desc="reconstruct", unit="img", dynamic_ncols=True) as bar:
         for batch in loader:
             images = batch[image_key].to(device).float()
-            out = model(images)
+            with autocast(device, chosen):
+                out = model(images)
             reconstruction = out.reconstruction.float().clamp(-1, 1)
             tally.add(images, reconstruction, out.indices)
             if network is not None:  # one pass over originals and reconstructions together
@@ -108,6 +115,7 @@ def evaluate_reconstructions(model: torch.nn.Module, dataset: Dataset, *, limit:
                          "on the [0, 1] scale (PSNR data range 1; SSIM Gaussian σ=1.5, as scikit-image)",
         "codebook": f"counts of all {int(tally.counts.sum())} codes over the whole set; {model.vocab_size} codes",
         "model_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "precision": chosen.name,
         "device": str(device),
         "versions": library_versions(),
     }

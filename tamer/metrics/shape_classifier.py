@@ -128,25 +128,31 @@ class ClassJudgement:
 @torch.no_grad()
 def judge_class_samples(model, classifier: ShapeClassifier, held_out, samples_per_class: int = 8,
                         cfg_scales: tuple[float, ...] = (1.0,), top_k: int | None = 40,
-                        seed: int = 1000) -> ClassJudgement:
+                        seed: int = 1000, precision: str = "fp32") -> ClassJudgement:
     """Sample every class of a class-conditional ``Transformer`` and let ``classifier`` name the samples.
 
     Besides the accuracy at each guidance scale it reports the classifier's accuracy on the real ``held_out`` scenes
     and on their reconstructions through the model's VQGAN: the latter is the ceiling, since a transformer can only
-    produce what the codes can hold. Sample ``i`` of class ``c`` uses seed ``seed + c·n + i`` at every scale."""
+    produce what the codes can hold. Sample ``i`` of class ``c`` uses seed ``seed + c·n + i`` at every scale.
+    ``precision`` is the model's autocast (``auto``: bf16 where it is fast); the classifier runs in fp32."""
+    from ..devices import autocast, resolve_precision
     from ..sampling import SamplingSettings
 
+    parameter = next(model.parameters(), None) if hasattr(model, "parameters") else None
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    chosen = resolve_precision(precision, device)
     n, classes = samples_per_class, model.conditioning.num_classes
     labels = torch.arange(classes).repeat_interleave(n)
     samples = {}
-    for scale in cfg_scales:
-        settings = SamplingSettings(top_k=top_k, cfg_scale=scale)
-        samples[scale] = torch.cat([model.sample(torch.full((n,), c), n, settings, seed=seed + c * n).float().cpu()
-                                    for c in range(classes)])
     batch = default_collate([held_out[i] for i in range(len(held_out))])  # each scene rendered once
     real, real_labels = batch["image"], batch["label"]
-    reconstructions = torch.cat([model.decode_codes(model.encode_images(real[i:i + 64])).float().cpu()
-                                 for i in range(0, len(real), 64)])
+    with autocast(device, chosen):
+        for scale in cfg_scales:
+            settings = SamplingSettings(top_k=top_k, cfg_scale=scale)
+            samples[scale] = torch.cat([model.sample(torch.full((n,), c), n, settings, seed=seed + c * n).float().cpu()
+                                        for c in range(classes)])
+        reconstructions = torch.cat([model.decode_codes(model.encode_images(real[i:i + 64])).float().cpu()
+                                     for i in range(0, len(real), 64)])
     metrics = {"samples_per_class": n, "top_k": top_k, "chance": 1 / classes,
                "accuracy": {f"{scale:g}": class_accuracy(classifier, images, labels)
                             for scale, images in samples.items()},

@@ -25,7 +25,9 @@ class TrainConfig:
     # EMA only where it can help: off (with a note) when its horizon 1/(1 - ema_decay) exceeds a quarter of the
     # steps, as the average would still be mostly the first steps' weights; false keeps it on regardless.
     ema_auto: bool = True
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # mixed precision through torch.autocast
+    # mixed precision through torch.autocast; auto: bf16 where it is fast (GPUs with bf16, CPUs with AMX or
+    # AVX512-BF16), fp32 elsewhere (tamer.devices.resolve_precision)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = "auto"
     seed: int = 0
     num_workers: int = 0

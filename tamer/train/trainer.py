@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoints import CheckpointError
 from ..curves import write_curves
+from ..devices import autocast, resolve_precision
 from ..imageio import save_image
 from ..progress import progress_bar
 from . import checkpointing as ckpt
@@ -90,8 +91,9 @@ class Trainer:
         self.task, self.config, self.run = task, config, Path(run_dir)
         self.ctx = context or setup(config.device)
         self.device = self.ctx.device
+        self.precision = resolve_precision(config.precision, self.device)  # auto resolved once, here
         self.val_data = val_data
-        self.run_config = run_config or {}
+        self.run_config = {**(run_config or {}), "resolved_precision": self.precision.name}
         torch.manual_seed(config.seed + self.ctx.rank)
 
         self.raw = {name: module.to(self.device) for name, module in task.modules().items()}
@@ -100,7 +102,7 @@ class Trainer:
                                                    weight_decay=config.weight_decay)
                            for name, groups in task.parameter_groups(config.weight_decay).items()}
         self.lr_factor = learning_rate_factor(config)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.name == "fp16")
         model = self.raw[task.model_name]
         ema_decay, self.ema_note = effective_ema_decay(config)
         if self.ema_note and self.ctx.is_main:
@@ -127,10 +129,7 @@ class Trainer:
         return DistributedDataParallel(module, device_ids=ids)
 
     def _autocast(self):
-        if self.config.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return autocast(self.device, self.precision)
 
     def _batches(self) -> Iterator[Any]:
         """Training batches forever, keeping (epoch, position) current for checkpoints."""

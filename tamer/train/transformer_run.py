@@ -311,7 +311,7 @@ def train_transformer(config: TransformerRunConfig, run_dir: str | Path, resume:
                      + (f", {len(classes)} classes" if classes else ""))
             print(start_line(f"transformer ({conditioning.kind} condition)", len(raw_train), config.data,
                              model.config.code_shape, model.image_vocab_size, resolved["gpt_parameters"],
-                             config.train.precision, trainer.device, extra))
+                             str(trainer.precision), trainer.device, extra))
         return trainer.fit(resume=resume)
     finally:
         teardown()

@@ -89,7 +89,7 @@ def train_vqgan(config: VQGANRunConfig, run_dir: str | Path, resume: bool = Fals
         if context.is_main:
             side = config.data.crop or config.data.size
             print(start_line("vqgan", len(train_data), config.data, model.code_shape(side, side), model.vocab_size,
-                             parameter_count(model), config.train.precision, trainer.device,
+                             parameter_count(model), str(trainer.precision), trainer.device,
                              f" (+{parameter_count(loss.discriminator) / 1e6:.2f}M discriminator)"))
         return trainer.fit(resume=resume)
     finally:
