@@ -10,6 +10,7 @@ at once with what is available, instead of failing deep inside the first ``.to()
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 
 import torch
@@ -134,3 +135,23 @@ def autocast(device: str | torch.device, precision: Precision):
     if precision.dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=precision.dtype)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity where the OS tells it, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def data_loader_workers(requested: int, processes_per_machine: int = 1) -> tuple[int, str | None]:
+    """``requested`` loader workers capped to what the machine can feed: one core per training process is left to
+    its main thread, so a preset's 8 workers become 1 on 2 cores (more only fight the model for the cores).
+    Returns the count and a note when it was lowered."""
+    spare = max(0, usable_cpus() // max(1, processes_per_machine) - 1)
+    if requested <= spare:
+        return requested, None
+    return spare, f"num_workers: {requested} asked, {spare} used ({usable_cpus()} CPUs for {processes_per_machine} " \
+                  f"training process{'es' if processes_per_machine > 1 else ''})"
+

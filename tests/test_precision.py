@@ -190,3 +190,14 @@ def test_sample_command_records_the_resolved_precision(class_model, tmp_path, ca
     assert main(["sample", "--model", str(class_model), "--class", "0", "-n", "1", "--top-k", "5", "--device", "cpu",
                  "--precision", "bf16", "--out", str(tmp_path / "bf16")]) == 0
     assert json.loads((tmp_path / "bf16" / "sample.json").read_text())["request"]["precision"] == "bf16"
+
+
+def test_loader_workers_follow_the_cores(monkeypatch, capsys):
+    from tamer import devices
+
+    monkeypatch.setattr(devices, "usable_cpus", lambda: 2)
+    assert devices.data_loader_workers(8) == (1, "num_workers: 8 asked, 1 used (2 CPUs for 1 training process)")
+    assert devices.data_loader_workers(0) == (0, None)
+    monkeypatch.setattr(devices, "usable_cpus", lambda: 64)
+    assert devices.data_loader_workers(8) == (8, None)
+    assert devices.data_loader_workers(8, processes_per_machine=8)[0] == 7  # torchrun: 8 ranks share 64 CPUs

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Iterator, Protocol
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoints import CheckpointError
 from ..curves import write_curves
-from ..devices import autocast, resolve_precision
+from ..devices import autocast, data_loader_workers, resolve_precision
 from ..imageio import save_image
 from ..progress import progress_bar
 from . import checkpointing as ckpt
@@ -92,6 +93,10 @@ class Trainer:
         self.ctx = context or setup(config.device)
         self.device = self.ctx.device
         self.precision = resolve_precision(config.precision, self.device)  # auto resolved once, here
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", self.ctx.world_size))
+        self.num_workers, note = data_loader_workers(config.num_workers, local_processes)
+        if note and self.ctx.is_main:
+            print(note)
         self.val_data = val_data
         self.run_config = {**(run_config or {}), "resolved_precision": self.precision.name}
         torch.manual_seed(config.seed + self.ctx.rank)
@@ -138,7 +143,7 @@ class Trainer:
             # A generator of its own keeps the loader from drawing on the global RNG, which a resume would shift.
             generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.epoch)
             loader = DataLoader(self.train_data, batch_size=self.config.batch_size, sampler=self.sampler,
-                                num_workers=self.config.num_workers, drop_last=True, generator=generator,
+                                num_workers=self.num_workers, drop_last=True, generator=generator,
                                 pin_memory=self.device.type == "cuda")
             for batch in loader:
                 self.position += 1
@@ -303,7 +308,7 @@ class Trainer:
         metrics: dict[str, float] = {}
         if self.ctx.is_main:
             loader = DataLoader(self.val_data, batch_size=self.config.batch_size, shuffle=False,
-                                num_workers=self.config.num_workers)
+                                num_workers=self.num_workers)
             model = self.exported_model()
             was_training = model.training
             model.eval()

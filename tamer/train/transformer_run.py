@@ -22,6 +22,7 @@ from ..conditioning import ConditioningConfig
 from ..config import ConfigError, from_dict, merge, parse_overrides, read_yaml, to_dict
 from ..data import ClassFolder, DataConfig, build_dataset
 from ..data.codes import cached_codes, encode_dataset, fingerprint
+from ..devices import data_loader_workers
 from ..guards import prepare_run_folder
 from ..presets import preset_path
 from ..nn.gpt import GPTConfig
@@ -259,7 +260,8 @@ def coded_dataset(config: TransformerRunConfig, data: DataConfig, model: Transfo
         return encode_dataset(source, model.encode_images, image_key=config.image_key, cond_key=conditioning.key,
                               encode_condition=encode_condition if spatial else None, flip=data.flip,
                               vocab_size=model.image_vocab_size, cond_vocab_size=model.cond_stage_model.vocab_end,
-                              batch_size=max(config.train.batch_size, 32), num_workers=config.train.num_workers,
+                              batch_size=max(config.train.batch_size, 32),
+                              num_workers=data_loader_workers(config.train.num_workers)[0],
                               device=device, progress=progress and context.is_main, desc=f"encoding {path.stem}")
 
     if context.is_main:
