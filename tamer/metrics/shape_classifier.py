@@ -78,26 +78,35 @@ def train_shape_classifier(size: int = 32, num_classes: int = 10, steps: int = 1
     texture (its reconstructions are blurred), and a judge that needs the texture would call even a perfect
     transformer's samples wrong. It never sees a reconstruction or a sample. ``scenes``: already rendered
     ``"image"`` and ``"label"`` tensors (from :func:`render_training_scenes`) to learn from instead."""
-    from torchvision.transforms.v2.functional import gaussian_blur
-
     torch.manual_seed(seed)
     if scenes is None:
         scenes = render_training_scenes(size, train_images, seed, ("image", "label"), num_classes=num_classes,
                                         progress=progress, **scene)
-    images, labels = scenes["image"], scenes["label"]
     model = ShapeClassifier(ShapeClassifierConfig(num_classes=num_classes))
+    return fit_judge(model, lambda batch: model(batch)[1], scenes["image"], scenes["label"], steps, batch_size, lr,
+                     blur, "shape classifier", progress)
+
+
+def fit_judge(model: nn.Module, logits_of, images: torch.Tensor, targets: torch.Tensor, steps: int, batch_size: int,
+              lr: float, blur: float, desc: str, progress: bool) -> nn.Module:
+    """Train a judge on real ``images`` with cross-entropy against ``targets`` (a label per image, or a label map
+    per image, mirrored with it), shown with random mirror flips and a random Gaussian blur of sigma up to
+    ``blur`` pixels; ``logits_of(batch)`` is the model's logits. Returns the model in eval mode."""
+    from torchvision.transforms.v2.functional import gaussian_blur
+
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     model.train()
-    for _ in progress_bar(range(steps), desc="shape classifier", disable=not progress, leave=False):
+    for _ in progress_bar(range(steps), desc=desc, disable=not progress, leave=False):
         pick = torch.randint(len(images), (batch_size,))
-        batch = images[pick]
-        if torch.rand(()) < 0.5:
-            batch = batch.flip(-1)  # labels are mirror-invariant; samples need not match the data's handedness
+        batch, target = images[pick], targets[pick]
+        if torch.rand(()) < 0.5:  # labels are mirror-invariant; samples need not match the data's handedness
+            batch = batch.flip(-1)
+            target = target.flip(-1) if target.dim() > 1 else target
         if blur > 0:
             sigma = float(torch.empty(()).uniform_(0.1, blur))
             batch = gaussian_blur(batch, [5, 5], [sigma, sigma])
-        loss = F.cross_entropy(model(batch)[1], labels[pick])
+        loss = F.cross_entropy(logits_of(batch), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
