@@ -18,6 +18,7 @@ from .conditioning import coordinate_map
 from .devices import autocast, resolve_precision
 from .guards import check_count, check_model_pixels
 from .imageio import ImageError, open_image, read_image, save_image
+from .nn.gpt import weights_held_in
 from .report import labelled_grid
 from .sampling import Callback, SamplingSettings
 from .transformer import Transformer
@@ -107,7 +108,9 @@ def sample_images(model: Transformer, request: SampleRequest, settings: Sampling
                     callback(k, so_far)
 
             with autocast(device, precision):
-                grid = model.sample_codes(part, n, settings, seed=seed, code_shape=code_shape, callback=on_token)
+                with weights_held_in(model.transformer, precision.dtype):
+                    grid = model.sample_codes(part, n, settings, seed=seed, code_shape=code_shape,
+                                              callback=on_token)
                 if bar:
                     bar.close()
                 codes.append(grid.cpu())

@@ -128,9 +128,7 @@ def sample_tokens(gpt: GPT, prefix: torch.Tensor, steps: int, settings: Sampling
         raise ValueError(f"sampling {steps} tokens after {P} needs {needed} positions; the model has "
                          f"block_size={gpt.block_size} (use the sliding-window sampler for larger grids)")
     rows = prefix.shape[0]
-    cache = gpt.cache
-    if cache is None or cache.batch_size != rows or cache.max_len < needed or cache.k.device != prefix.device:
-        gpt.setup_cache(rows, needed)
+    gpt.ensure_cache(rows, needed)
     was_training = gpt.training
     gpt.eval()
     out = prefix.new_empty(B, steps)

@@ -132,6 +132,7 @@ def test_cache_errors_are_clear():
 def test_greedy_generation_matches_original_samplers(n_unmasked, fast, monkeypatch):
     if fast:  # the (W @ x^T)^T products that large weights take, on these small ones
         monkeypatch.setattr(gpt_module, "SMALL_WEIGHT", 0)
+        monkeypatch.setattr(gpt_module, "TRANSPOSED_FORM", True)
     ours, theirs = make_pair(n_unmasked)
     prefix = torch.randint(0, SMALL["vocab_size"], (3, 6))
     steps = SMALL["block_size"] - prefix.shape[1]  # fill the whole block
@@ -195,6 +196,7 @@ def test_sampling_respects_filters_and_is_reproducible():
 def fast_path(monkeypatch):
     """Take the (W @ x^T)^T path of `linear` for the small test weights too (normally only weights of 1 MiB on)."""
     monkeypatch.setattr(gpt_module, "SMALL_WEIGHT", 0)
+    monkeypatch.setattr(gpt_module, "TRANSPOSED_FORM", True)
 
 
 def test_fast_linear_is_taken_and_equals_f_linear(fast_path):
@@ -247,6 +249,7 @@ def test_weights_changed_after_setup_are_used(fast_path):
 def test_extend_on_outside_caches_equals_full_forward(n_unmasked, fast, monkeypatch):
     if fast:
         monkeypatch.setattr(gpt_module, "SMALL_WEIGHT", 0)
+        monkeypatch.setattr(gpt_module, "TRANSPOSED_FORM", True)
     ours, _ = make_pair(n_unmasked)
     N, total = 3, 24
     idx = torch.randint(0, SMALL["vocab_size"], (N, total))

@@ -201,3 +201,52 @@ def test_loader_workers_follow_the_cores(monkeypatch, capsys):
     monkeypatch.setattr(devices, "usable_cpus", lambda: 64)
     assert devices.data_loader_workers(8) == (8, None)
     assert devices.data_loader_workers(8, processes_per_machine=8)[0] == 7  # torchrun: 8 ranks share 64 CPUs
+
+
+def test_weights_held_in_bf16_for_the_block_and_the_originals_put_back():
+    from tamer.nn.gpt import GPT, GPTConfig, generate, weights_held_in
+    from tamer.sampling import SamplingSettings, sample_tokens
+
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32)).eval()
+    before = {name: p.detach().clone() for name, p in gpt.named_parameters()}
+    prefix, seeds = torch.randint(0, 40, (2, 3)), torch.arange(2)
+    settings = SamplingSettings(top_k=5)
+    fp32_tokens = sample_tokens(gpt, prefix, 10, settings, seeds)
+    greedy = generate(gpt, prefix, 10, top_k=1)
+    with weights_held_in(gpt, torch.bfloat16):
+        assert {p.dtype for p in gpt.parameters()} == {torch.bfloat16}
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            tokens = sample_tokens(gpt, prefix, 10, settings, seeds)  # the fp32 cache is replaced by a bf16 one
+        assert gpt.cache.k.dtype == torch.bfloat16
+    assert tokens.shape == (2, 10) and int(tokens.max()) < 40
+    for name, p in gpt.named_parameters():
+        assert p.dtype == torch.float32 and torch.equal(p, before[name]), name
+    # back in fp32 (a new fp32 cache, not the bf16 one, which would round the keys): the same tokens
+    assert torch.equal(sample_tokens(gpt, prefix, 10, settings, seeds), fp32_tokens)
+    with weights_held_in(gpt, torch.bfloat16):
+        generate(gpt, prefix, 10, top_k=1)
+    assert gpt.cache.k.dtype == torch.bfloat16
+    assert torch.equal(generate(gpt, prefix, 10, top_k=1), greedy) and gpt.cache.k.dtype == torch.float32
+    with weights_held_in(gpt, None):
+        assert {p.dtype for p in gpt.parameters()} == {torch.float32}
+
+
+@pytest.mark.skipif(not __import__("tamer.nn.gpt", fromlist=["_"])._can_pack_bf16(), reason="no oneDNN bf16 here")
+def test_packed_bf16_products_equal_f_linear_and_leave_no_trace(monkeypatch):
+    from tamer.nn import gpt as gpt_module
+
+    monkeypatch.setattr(gpt_module, "SMALL_WEIGHT", 0)  # pack the small test weights too
+    torch.manual_seed(0)
+    gpt = gpt_module.GPT(gpt_module.GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32)).eval()
+    idx = torch.randint(0, 40, (3, 9))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with gpt_module.weights_held_in(gpt, torch.bfloat16):
+            layers = [m for m in gpt.modules() if isinstance(m, torch.nn.Linear)]
+            assert all(hasattr(m, "packed_weight") for m in layers)
+            gpt.setup_cache(3, 9)
+            packed = torch.stack([gpt.prefill(idx[:, :5])] + [gpt.decode_one(idx[:, t], t) for t in range(5, 9)])
+            monkeypatch.setattr(gpt_module, "SMALL_ROWS", 0)  # the same weights through F.linear
+            plain = torch.stack([gpt.prefill(idx[:, :5])] + [gpt.decode_one(idx[:, t], t) for t in range(5, 9)])
+    torch.testing.assert_close(packed.float(), plain.float(), atol=2e-2, rtol=2e-2)
+    assert not any(hasattr(m, "packed_weight") for m in gpt.modules())

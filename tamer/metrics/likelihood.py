@@ -18,6 +18,7 @@ import math
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from ..devices import FORCED, Precision, autocast, resolve_precision
+from ..nn.gpt import weights_held_in
 from ..progress import progress_bar
 
 from .results import EvalResult, library_versions
@@ -37,10 +38,12 @@ def bits_per_dim(nats_per_image: float | torch.Tensor, height: int, width: int, 
 def batch_token_nll(model: torch.nn.Module, images: torch.Tensor, condition=None,
                     precision: Precision | None = None) -> torch.Tensor:
     """NLL in nats of every image token of ``images`` (``B×C×H×W``), ``B×N``; the images are encoded in fp32
-    (the codes training saw), the transformer runs under ``precision``'s autocast."""
+    (the codes training saw), the transformer runs under ``precision``'s autocast with its weights held in that
+    precision, as when sampling (:func:`tamer.nn.gpt.weights_held_in`)."""
+    precision = precision or Precision("fp32", FORCED)
     with torch.autocast(images.device.type, enabled=False):
         codes = model.encode_images(images)
-    with autocast(images.device, precision or Precision("fp32", FORCED)):
+    with autocast(images.device, precision), weights_held_in(model.transformer, precision.dtype):
         return model.token_nll(codes, condition).float()
 
 

@@ -34,6 +34,7 @@ CUDA graphs) should matter more.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -83,16 +84,31 @@ def attention_mask(length: int, n_unmasked: int, device=None) -> torch.Tensor | 
 
 
 # `linear` computes (W @ x^T)^T for up to SMALL_ROWS rows of float32 on the CPU and weights of SMALL_WEIGHT or more
-# elements (1 MiB: a 512×512 matrix); otherwise F.linear.
+# elements (1 MiB: a 512×512 matrix), on CPUs where that form pays (TRANSPOSED_FORM); otherwise F.linear.
 SMALL_ROWS = 32
 SMALL_WEIGHT = 1 << 18
 
 
+def _cpu_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            return next((line.split(":", 1)[1].strip() for line in info if line.startswith("vendor_id")), "")
+    except OSError:
+        return ""
+
+
+# MKL's few-row F.linear is slow on AMD CPUs, where the transposed form streams the weights twice as fast; on an
+# Intel Xeon (AMX, 2 threads) it is the other way round: a 12×512 decode step took 16.7 ms with F.linear and
+# 21.8 ms in the transposed form. So the form is taken on AMD only (BENCHMARKS.md, GPT sampling).
+TRANSPOSED_FORM = _cpu_vendor() == "AuthenticAMD"
+
+
 def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    """``layer(x)``; for few rows of float32 on the CPU and a large weight computed as ``(W @ x^T)^T``.
+    """``layer(x)``; for few rows of float32 on an AMD CPU and a large weight computed as ``(W @ x^T)^T``.
 
     The same products summed in another order (float noise). Why: at few rows the product is bound by reading
-    ``W`` from memory, and MKL streams ``W`` much faster in this form. One core, the weights of a 12-layer 512-wide
+    ``W`` from memory, and MKL streams ``W`` much faster in this form on AMD CPUs (not on Intel ones:
+    :data:`TRANSPOSED_FORM`). AMD EPYC, one core, the weights of a 12-layer 512-wide
     GPT (too large for the caches, as in a decode step), 4 rows, µs per layer, ``F.linear`` -> this: q+k+v
     547 -> 369, proj 190 -> 118, fc1 778 -> 465, fc2 546 -> 453; a whole block 2242 -> 1369. At 1 row both are a
     matrix-vector product; from 16 rows on the gain is under 10% (:data:`SMALL_ROWS`). A weight small enough to stay
@@ -101,16 +117,63 @@ def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     than ``F.linear`` once the weights come from memory (2320 µs a block), and one fused q/k/v matrix (decode step
     26.0 against 25.6 ms, within noise, for a copy of the weights). ``x`` is made contiguous first (``x^T``
     column-major: from a row-major ``x^T`` MKL is three times slower); the result is a transposed view. Module
-    hooks on ``layer`` do not run on this path.
+    hooks on ``layer`` do not run on this path. A layer whose bf16 weight :func:`weights_held_in` packed runs
+    through oneDNN's packed product instead.
     """
     w = layer.weight
     rows = x.numel() // x.shape[-1]
-    if rows > SMALL_ROWS or w.numel() < SMALL_WEIGHT or not x.is_cpu or x.dtype is not torch.float32:
+    if rows > SMALL_ROWS or w.numel() < SMALL_WEIGHT or not x.is_cpu:
+        return layer(x)
+    packed = getattr(layer, "packed_weight", None)  # bf16 weights packed for oneDNN by weights_held_in
+    if packed is not None:
+        return torch.ops.mkldnn._linear_pointwise(x.to(w.dtype), packed, layer.bias, "none", [], "")
+    if not TRANSPOSED_FORM or x.dtype is not torch.float32:
         return layer(x)
     flat = x.reshape(rows, x.shape[-1]).contiguous()
     b = layer.bias
     out = torch.mm(w, flat.t()) if b is None else torch.addmm(b.unsqueeze(1), w, flat.t())
     return out.t().view(*x.shape[:-1], w.shape[0])
+
+
+def _can_pack_bf16() -> bool:
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+                    and torch.ops.mkldnn._reorder_linear_weight is not None)
+    except (AttributeError, RuntimeError):  # a torch without these oneDNN ops: plain F.linear
+        return False
+
+
+@contextlib.contextmanager
+def weights_held_in(gpt: nn.Module, dtype: torch.dtype | None):
+    """Hold ``gpt``'s floating-point parameters in ``dtype`` (bf16, fp16; None or fp32: as they are) while the block
+    runs; the originals are put back after, untouched. Weights changed inside the block are not kept.
+
+    For sampling: a decode step is bound by reading the weights, so weights stored in bf16 (half the bytes) run it
+    faster than autocast, which re-casts fp32 weights at every step. On the CPU the large bf16 weights are also packed
+    for oneDNN (as inductor's freezing does), whose packed few-row product is faster than ``F.linear``'s: a 12×512
+    GPT's 72 products at 4 rows took 5.5 instead of 7.9 ms (Intel Xeon with AMX, 2 threads, the same results);
+    in fp32 packing gained nothing (8.9 against 9.1 ms). Whole samplings: BENCHMARKS.md, GPT sampling.
+    """
+    if dtype is None or dtype is torch.float32:
+        yield gpt
+        return
+    params = [p for p in gpt.parameters() if p.is_floating_point() and p.dtype != dtype]
+    originals = [p.data for p in params]
+    packed: list[nn.Linear] = []
+    try:
+        for p in params:
+            p.data = p.data.to(dtype)
+        if dtype is torch.bfloat16 and _can_pack_bf16():
+            for layer in gpt.modules():
+                if isinstance(layer, nn.Linear) and layer.weight.is_cpu and layer.weight.numel() >= SMALL_WEIGHT:
+                    layer.packed_weight = torch.ops.mkldnn._reorder_linear_weight(layer.weight, None)
+                    packed.append(layer)
+        yield gpt
+    finally:
+        for layer in packed:
+            del layer.packed_weight
+        for p, original in zip(params, originals):
+            p.data = original
 
 
 class KVCache(nn.Module):
@@ -310,6 +373,15 @@ class GPT(nn.Module):
         for block in self.blocks:
             block.attn.kv_cache = KVCache(batch_size, self.config.n_head, max_len, head_dim, device, dtype)
 
+    def ensure_cache(self, batch_size: int, max_len: int) -> None:
+        """Keep the cache when it holds ``batch_size`` sequences of ``max_len`` positions on the parameters' device
+        and dtype (so a compiled decode step stays valid), else allocate a new one. The dtype matters: after sampling
+        with weights held in bf16 (:func:`weights_held_in`) a bf16 cache would round fp32 keys."""
+        cache = self.cache
+        if (cache is None or cache.batch_size != batch_size or cache.max_len < max_len
+                or cache.k.device != self.pos_emb.device or cache.k.dtype != self.pos_emb.dtype):
+            self.setup_cache(batch_size, max_len)
+
     def clear_cache(self) -> None:
         """Free the cache memory."""
         for block in self.blocks:
@@ -494,10 +566,7 @@ def generate(gpt: GPT, prefix_idx: torch.Tensor, steps: int, temperature: float 
     if needed > gpt.block_size:
         raise ValueError(f"generate: {offset + t} prefix positions + {steps} steps need {needed} positions, "
                          f"more than block_size={gpt.block_size}")
-    cache = gpt.cache
-    if (cache is None or cache.batch_size != B or cache.max_len < needed
-            or cache.k.device != gpt.pos_emb.device):
-        gpt.setup_cache(B, needed)
+    gpt.ensure_cache(B, needed)
     was_training = gpt.training
     gpt.eval()
     try:
