@@ -19,7 +19,7 @@ import types
 import torch
 from bench_vqgan import interleaved_medians, machine
 
-from tamer.nn.gpt import GPT, GPTConfig, generate
+from tamer.nn.gpt import GPT, GPTConfig, generate, weights_held_in
 from tamer.sampling import SamplingSettings, sample_tokens
 
 
@@ -30,6 +30,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also time tamer with the GPT's weights held in bf16 under bf16 autocast (what "
+                             "`tamer sample` does when its precision resolves to bf16)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -57,6 +60,12 @@ def main() -> None:
                                                                            sample_logits=False),
             "tamer sample_tokens() (static KV cache)": lambda: sample_tokens(ours, start, steps, greedy, seeds),
         }
+        if args.bf16:
+            def bf16_weights():
+                with torch.autocast(device.type, dtype=torch.bfloat16):
+                    with weights_held_in(ours, torch.bfloat16):
+                        return sample_tokens(ours, start, steps, greedy, seeds)
+            outputs["tamer sample_tokens(), bf16 weights"] = bf16_weights
         tokens = {}
 
         def keeping_first(name, fn):  # the warm-up call's tokens are the ones compared
@@ -65,6 +74,9 @@ def main() -> None:
         times = interleaved_medians([keeping_first(name, fn) for name, fn in outputs.items()], args.repeats, device)
         reference = tokens["original sample()"]
         agree = {name: bool(torch.equal(t, reference)) for name, t in tokens.items()}
+        bf16_agree = None
+        if args.bf16:  # greedy tokens part ways at the first near-tie; the share equal is what can be compared
+            bf16_agree = (tokens["tamer sample_tokens(), bf16 weights"] == reference).float().mean().item()
         generate_agrees = bool(torch.equal(generate(ours, start, steps, top_k=1)[:, 1:], reference))
 
     print(f"\nGPT sampling: {steps} new tokens, batch {args.batch}, 12 layers × 8 heads × 512 wide, vocabulary "
@@ -74,6 +86,9 @@ def main() -> None:
     for (name, seconds) in zip(outputs, times):
         print(f"| {name} | {seconds:.2f} | {args.batch * steps / seconds:.1f} | {times[0] / seconds:.1f} | "
               f"{times[1] / seconds:.2f} | {'yes' if agree[name] else 'NO'} |")
+    if bf16_agree is not None:
+        print(f"\nbf16 weights: {bf16_agree:.1%} of the greedy tokens equal to fp32's (random weights give near-ties; "
+              "a trained model's likelihood under bf16 is checked by `tamer eval nll --precision bf16`)")
     print(f"\ntamer generate() (not timed) gives the same tokens: {'yes' if generate_agrees else 'NO'}")
 
 

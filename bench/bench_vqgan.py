@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from tamer.devices import cpu_bf16_feature
 from tamer.nn.quantize import QuantizerConfig
 from tamer.vqgan import VQGAN, VQGANConfig
 
@@ -68,7 +69,9 @@ def machine() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}"
+    fast_bf16 = cpu_bf16_feature()
+    return (f"{cpu}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}"
+            f"{f' + {fast_bf16}' if fast_bf16 else ' (no AMX or AVX512-BF16)'}")
 
 
 def main() -> None:
@@ -121,6 +124,9 @@ def main() -> None:
         fast_same = (fast.encode(images) == original_encode().view(indices.shape)).float().mean().item()
         decode_diff = (model.decode(indices) - original_decode()).abs().max().item()
         fast_diff = (fast.decode(indices) - original_decode()).abs().max().item()
+        bf16_same = None
+        if args.bf16:  # the codebook distances stay fp32 under autocast: indices move only at near-ties
+            bf16_same = (autocast(lambda: fast.encode(images))() == fast.encode(images)).float().mean().item()
 
     print(f"\nVQGAN f16 (ImageNet architecture, 1024 codes), {args.size}×{args.size}, batch {args.batch}, "
           f"median of {args.repeats} interleaved rounds; torch {torch.__version__}; {machine()}\n")
@@ -133,6 +139,8 @@ def main() -> None:
               f"{args.batch / decode:.2f} | {base_encode / encode:.2f} | {base_decode / decode:.2f} |")
     print(f"\nindices equal to the original's: {same_indices:.4f} (default), {fast_same:.4f} (for_inference); "
           f"max |decoded - original|: {decode_diff:.2e} (default), {fast_diff:.2e} (for_inference)")
+    if bf16_same is not None:
+        print(f"bf16 autocast indices equal to fp32's (for_inference): {bf16_same:.4f}")
 
 
 if __name__ == "__main__":
