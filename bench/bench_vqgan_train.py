@@ -19,23 +19,28 @@ import types
 import torch
 from bench_vqgan import interleaved_medians, machine, original_modules
 
+from tamer.devices import autocast, resolve_precision
 from tamer.losses import VQGANLoss, VQGANLossConfig
 from tamer.nn.quantize import QuantizerConfig
 from tamer.vqgan import VQGAN, VQGANConfig
 
 
-def training_step(model: VQGAN, loss: VQGANLoss, images: torch.Tensor):
-    """One generator and one discriminator update of tamer, as the trainer's VQGAN task does them."""
+def training_step(model: VQGAN, loss: VQGANLoss, images: torch.Tensor, precision: str = "fp32"):
+    """One generator and one discriminator update of tamer, as the trainer's VQGAN task does them: forward passes
+    under ``precision``'s autocast, backward passes outside it."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-6, betas=(0.5, 0.9))
     disc_optimizer = torch.optim.Adam(loss.discriminator.parameters(), lr=1e-6, betas=(0.5, 0.9))
+    chosen = resolve_precision(precision, images.device)
 
     def step():
-        out = model(images)
-        total, _ = loss.generator_loss(images, out.reconstruction, out.quantizer_loss, model.last_layer, step=1)
+        with autocast(images.device, chosen):
+            out = model(images)
+            total, _ = loss.generator_loss(images, out.reconstruction, out.quantizer_loss, model.last_layer, step=1)
         optimizer.zero_grad()
         total.backward()
         optimizer.step()
-        d_loss, _ = loss.discriminator_loss(images, out.reconstruction, step=1)
+        with autocast(images.device, chosen):
+            d_loss, _ = loss.discriminator_loss(images, out.reconstruction, step=1)
         disc_optimizer.zero_grad()
         d_loss.backward()
         disc_optimizer.step()
@@ -49,6 +54,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--bf16", action="store_true", help="also time tamer's step under bf16 autocast (forward "
+                        "passes; what train.precision auto picks where bf16 is fast)")
     args = parser.parse_args()
     device = torch.device(args.device)
 
@@ -101,9 +108,16 @@ def main() -> None:
     tamer_step = training_step(model, loss, images)
     cl_step = training_step(cl_model, cl_loss, images)
 
-    times = interleaved_medians([original_step, tamer_step, cl_step], args.repeats, device)
-    rows = [("original (CompVis modules)", "fp32", times[0]), ("tamer (default layout)", "fp32", times[1]),
-            ("tamer, channels-last weights", "fp32", times[2])]
+    steps = [("original (CompVis modules)", "fp32", original_step), ("tamer (default layout)", "fp32", tamer_step),
+             ("tamer, channels-last weights", "fp32", cl_step)]
+    if args.bf16:
+        bf16_model = VQGAN(model.config).to(device).train()
+        bf16_model.load_state_dict(model.state_dict())
+        bf16_loss = VQGANLoss(loss.config).to(device)
+        bf16_loss.discriminator.load_state_dict(loss.discriminator.state_dict())
+        steps.append(("tamer (default layout)", "bf16 autocast", training_step(bf16_model, bf16_loss, images, "bf16")))
+    times = interleaved_medians([fn for _, _, fn in steps], args.repeats, device)
+    rows = [(name, precision, seconds) for (name, precision, _), seconds in zip(steps, times)]
 
     print(f"\nVQGAN f16 training step (generator + discriminator, no LPIPS), {args.size}×{args.size}, batch "
           f"{args.batch}, median of {args.repeats} interleaved rounds; torch {torch.__version__}; {machine()}\n")
