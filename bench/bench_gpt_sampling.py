@@ -17,8 +17,8 @@ import sys
 import types
 
 import torch
-from bench_vqgan import interleaved_medians, machine
 
+from bench_vqgan import interleaved_medians, machine
 from tamer.nn.gpt import GPT, GPTConfig, generate, weights_held_in
 from tamer.sampling import SamplingSettings, sample_tokens
 

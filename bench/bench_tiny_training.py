@@ -14,8 +14,8 @@ import contextlib
 import io
 
 import torch
-from bench_vqgan import interleaved_medians, machine
 
+from bench_vqgan import interleaved_medians, machine
 from tamer.nn.autoencoder import AutoencoderConfig
 from tamer.nn.quantize import QuantizerConfig
 from tamer.vqgan import VQGAN, VQGANConfig

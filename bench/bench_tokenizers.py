@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 import torch
-from bench_vqgan import machine
 
 import tamer
+from bench_vqgan import machine
 from tamer.data.factory import build_dataset
 from tamer.metrics.codebook import codebook_statistics
 from tamer.metrics.tally import ReconstructionTally

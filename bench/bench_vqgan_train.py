@@ -17,8 +17,8 @@ import sys
 import types
 
 import torch
-from bench_vqgan import interleaved_medians, machine, original_modules
 
+from bench_vqgan import interleaved_medians, machine, original_modules
 from tamer.devices import autocast, resolve_precision
 from tamer.losses import VQGANLoss, VQGANLossConfig
 from tamer.nn.quantize import QuantizerConfig

@@ -16,8 +16,8 @@ import math
 import time
 
 import torch
-from bench_vqgan import machine
 
+from bench_vqgan import machine
 from tamer.data.procedural import ProceduralShapes
 from tamer.nn.autoencoder import AutoencoderConfig
 from tamer.nn.quantize import QuantizerConfig

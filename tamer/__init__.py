@@ -8,4 +8,5 @@ from .sampling import SamplingSettings  # noqa: E402
 from .transformer import Transformer, TransformerConfig  # noqa: E402
 from .vqgan import VQGAN, VQGANConfig  # noqa: E402
 
-__all__ = ["VQGAN", "VQGANConfig", "Transformer", "TransformerConfig", "SamplingSettings", "load", "CheckpointError", "ConfigError", "__version__"]
+__all__ = ["VQGAN", "VQGANConfig", "Transformer", "TransformerConfig", "SamplingSettings", "load", "CheckpointError",
+           "ConfigError", "__version__"]

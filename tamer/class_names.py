@@ -4,7 +4,7 @@ the folders a model is trained and evaluated on (a held-out folder missing a cla
 from __future__ import annotations
 
 import difflib
-from typing import Sequence
+from collections.abc import Sequence
 
 from .conditioning import ConditioningConfig
 

@@ -85,13 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out", type=Path, required=True, help="output folder")
     sub.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
 
-    train = commands.add_parser("train", help="Train a model from a preset.", description="Train a model from a preset.")
+    train = commands.add_parser("train", help="Train a model from a preset.",
+                                description="Train a model from a preset.")
     stages = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
     sub = stages.add_parser("vqgan", help="Train a VQGAN (stage 1).", description="Train a VQGAN (stage 1). "
                             "Run under `torchrun --nproc_per_node N` for several processes.")
     sub.set_defaults(run=_train_vqgan)
     sub.add_argument("--config", type=Path, help="a preset name (vqgan_tiny_cpu, vqgan_custom, ...) or YAML file")
-    sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.steps=2000 model.quantizer.num_codes=512")
+    sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                     help="e.g. train.steps=2000 model.quantizer.num_codes=512")
     sub.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, metrics.jsonl, images, model/")
     sub.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     sub.add_argument("--overwrite", action="store_true", help="replace a run already in --out (its checkpoints "
@@ -101,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "names the VQGAN; code grid, vocab_size and block_size are derived. Run under "
                             "`torchrun --nproc_per_node N` for several processes.")
     sub.set_defaults(run=_train_transformer)
-    sub.add_argument("--config", type=Path, help="a preset name (transformer_tiny_class, transformer_custom_classes, ...) or YAML file")
+    sub.add_argument("--config", type=Path,
+                     help="a preset name (transformer_tiny_class, transformer_custom_classes, ...) or YAML file")
     sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                      help="e.g. first_stage=runs/vqgan-tiny/model train.steps=2000 cache_codes=true")
     sub.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, metrics.jsonl, images, model/")

@@ -12,7 +12,7 @@ import errno
 import os
 import sys
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 from .checkpoints import CheckpointError
 from .config import ConfigError

@@ -1,4 +1,5 @@
-"""Typed configs: dataclasses built from plain dicts (JSON, YAML, ``key=value`` overrides) with errors that name the key."""
+"""Typed configs: dataclasses built from plain dicts (JSON, YAML, ``key=value`` overrides) with errors that name the
+key."""
 
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ checkpoint; ``tamer plot`` compares runs.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .checkpoints import atomic_write
 

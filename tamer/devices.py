@@ -17,7 +17,6 @@ import torch
 
 from .guards import PRECISIONS, InputError
 
-
 __all__ = ["PRECISIONS", "Precision", "autocast", "available_devices", "cpu_bf16_feature", "resolve_device",
            "resolve_precision"]
 

@@ -4,9 +4,9 @@ written out. ``tamer sample`` is a thin wrapper around :func:`sample_to_folder`.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -10,8 +10,8 @@ import argparse
 import math
 import os
 import shutil
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 #: The most pixels an image file may have to be decoded at all (8192×8192): a header claiming more is refused
 #: before its pixels are allocated, and a data folder skips the file like a corrupt one.

@@ -8,7 +8,8 @@ turns each redraw into one line and asks for a redraw at most every :data:`LOG_I
 from __future__ import annotations
 
 import sys
-from typing import Iterable, TextIO, TypeVar
+from collections.abc import Iterable
+from typing import TextIO, TypeVar
 
 from tqdm.auto import tqdm
 

@@ -9,8 +9,8 @@ in a log reproduces its image. Drawing is the Gumbel-max trick, which samples ex
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

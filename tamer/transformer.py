@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoints import Pretrained
-from .config import checked_keywords
 from .conditioning import ConditioningConfig, ConditionStage, build_condition_stage
+from .config import checked_keywords
 from .nn.gpt import GPT, GPTConfig
 from .sampling import Callback, SamplingSettings, sample_tokens, seed_rows
 from .token_order import TokenOrder, TokenOrderName
@@ -78,7 +78,7 @@ class Transformer(nn.Module, Pretrained):
         self.first_stage_model.eval()  # frozen tokenizer: never in training mode
         return self
 
-    def for_inference(self) -> "Transformer":
+    def for_inference(self) -> Transformer:
         """Eval mode, with the tokenizer's faster inference layout."""
         self.first_stage_model.for_inference()
         return self.eval()

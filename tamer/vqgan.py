@@ -76,7 +76,7 @@ class VQGAN(nn.Module, Pretrained):
     def last_layer(self) -> torch.Tensor:
         return self.decoder.last_layer
 
-    def for_inference(self) -> "VQGAN":
+    def for_inference(self) -> VQGAN:
         """Eval mode with channels-last weights: about 1.2× faster encoding and decoding on the CPU (BENCHMARKS.md).
 
         Training keeps the default layout, whose backward pass is the faster one here.

@@ -19,14 +19,13 @@ import torch
 from PIL import Image
 
 from tamer.cli import main
-
 from test_transformer import CLASS, SEG_STAGE, make_model
 
 if importlib.util.find_spec("gradio") is None:  # the server imports it; the test need not spend seconds on that
     pytest.skip("needs gradio (pip install 'tamer-vq[app]')", allow_module_level=True)
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -68,8 +67,8 @@ def server(class_model, vqgan_model, seg_model, tmp_path_factory):
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1"}
     with open(log, "w") as out:
         process = subprocess.Popen([sys.executable, "-m", "tamer.cli", "app", "--model", str(class_model),
-                                    "--model", str(vqgan_model), "--model", str(seg_model), "--port", str(port), "--device", "cpu"], stdout=out, stderr=subprocess.STDOUT,
-                                   env=env)
+                                    "--model", str(vqgan_model), "--model", str(seg_model), "--port", str(port),
+                                    "--device", "cpu"], stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 90

@@ -15,7 +15,6 @@ from tamer.cli import main
 from tamer.data.procedural import SHAPES
 from tamer.generation import label_map_to_png
 from tamer.imageio import read_image
-
 from test_transformer import CLASS, SEG_STAGE, make_model
 
 

@@ -89,7 +89,8 @@ def test_conversions_and_fitting_are_reported(model_dir, tmp_path, capsys):
 
     assert cli(["reconstruct", "--model", str(model_dir), str(gray), "--fit", "pad", "--out", str(tmp_path / "p")]) == 0
     assert "50×45 padded (edge replicated, right and bottom) to 52×48" in capsys.readouterr().out
-    assert cli(["encode", "--model", str(model_dir), str(gray), "--fit", "resize", "--out", str(tmp_path / "c.npy")]) == 0
+    assert cli(["encode", "--model", str(model_dir), str(gray), "--fit", "resize",
+                "--out", str(tmp_path / "c.npy")]) == 0
     assert "50×45 resized to 48×44" in capsys.readouterr().out
 
 

@@ -47,7 +47,7 @@ MICRO_GPT = ["model.gpt={n_layer: 1, n_head: 2, n_embd: 32}"]
 def crops(photo: np.ndarray, count: int, rng: np.random.Generator) -> list[np.ndarray]:
     h, w = photo.shape[:2]
     tops, lefts = rng.integers(0, h - SIDE, count), rng.integers(0, w - SIDE, count)
-    return [photo[t:t + SIDE, l:l + SIDE] for t, l in zip(tops, lefts)]
+    return [photo[t:t + SIDE, left:left + SIDE] for t, left in zip(tops, lefts)]
 
 
 def labels_of(crop: np.ndarray) -> np.ndarray:

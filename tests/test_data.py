@@ -12,9 +12,21 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from tamer.config import ConfigError
-from tamer.data import (NUM_SEGMENTATION_LABELS, SHAPES, ClassFolder, DataConfig, ImageFileList, ImageFolder,
-                        ImageTransform, ProceduralShapes, SegmentationPairs, build_dataset, class_folder_name,
-                        read_label_map, write_procedural_dataset)
+from tamer.data import (
+    NUM_SEGMENTATION_LABELS,
+    SHAPES,
+    ClassFolder,
+    DataConfig,
+    ImageFileList,
+    ImageFolder,
+    ImageTransform,
+    ProceduralShapes,
+    SegmentationPairs,
+    build_dataset,
+    class_folder_name,
+    read_label_map,
+    write_procedural_dataset,
+)
 from tamer.imageio import ImageError
 
 
@@ -123,9 +135,9 @@ def test_random_crop_and_flip_keep_image_and_maps_aligned():
         for name, flip in (("plain", False), ("flipped", True)):
             seg = base["segmentation"].flip(-1) if flip else base["segmentation"]
             depth = base["depth"].flip(-1) if flip else base["depth"]
-            hits = [(t, l) for t in range(17) for l in range(17)
-                    if torch.equal(seg[t:t + 24, l:l + 24], out["segmentation"])
-                    and torch.equal(depth[:, t:t + 24, l:l + 24], out["depth"])]
+            hits = [(t, left) for t in range(17) for left in range(17)
+                    if torch.equal(seg[t:t + 24, left:left + 24], out["segmentation"])
+                    and torch.equal(depth[:, t:t + 24, left:left + 24], out["depth"])]
             if hits:
                 flipped += flip
                 unflipped += not flip

@@ -12,9 +12,21 @@ from torch import nn
 
 from tamer.data import DataConfig, ProceduralShapes, build_dataset
 from tamer.imageio import save_image
-from tamer.metrics import (InceptionFeatures, StandInFeatures, classifier_scores,
-                           codebook_statistics, compute_reference, evaluate_reconstructions, evaluate_samples,
-                           feature_statistics, frechet_distance, kernel_distance, psnr, reject, ssim)
+from tamer.metrics import (
+    InceptionFeatures,
+    StandInFeatures,
+    classifier_scores,
+    codebook_statistics,
+    compute_reference,
+    evaluate_reconstructions,
+    evaluate_samples,
+    feature_statistics,
+    frechet_distance,
+    kernel_distance,
+    psnr,
+    reject,
+    ssim,
+)
 from tamer.metrics.inception import INCEPTION_FILENAME, INCEPTION_NAME, MissingWeightsError
 from tamer.nn.autoencoder import AutoencoderConfig
 from tamer.nn.quantize import QuantizerConfig

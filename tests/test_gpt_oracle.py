@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from taming.modules.transformer import mingpt  # needs the `transformers` stub of conftest.py
 
 import tamer.nn.gpt as gpt_module

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_transformer import CLASS, make_model
 
 import tamer.guards as guards
 from tamer.cli import main
@@ -27,6 +26,7 @@ from tamer.nn.autoencoder import AutoencoderConfig
 from tamer.nn.quantize import QuantizerConfig
 from tamer.train import checkpointing as ckpt
 from tamer.vqgan import VQGAN, VQGANConfig
+from test_transformer import CLASS, make_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TAMING_YAML = ROOT / "tests/data/taming/vqgan_imagenet_f16_1024.yaml"

@@ -21,16 +21,30 @@ if _STUB_REQUESTS:
     del sys.modules["requests"]
 from taming.modules.discriminator.model import NLayerDiscriminator as OriginalDiscriminator  # noqa: E402
 from taming.modules.discriminator.model import weights_init  # noqa: E402
-from taming.modules.losses.vqperceptual import VQLPIPSWithDiscriminator, hinge_d_loss as original_hinge  # noqa: E402
+from taming.modules.losses.vqperceptual import VQLPIPSWithDiscriminator  # noqa: E402
+from taming.modules.losses.vqperceptual import hinge_d_loss as original_hinge  # noqa: E402
 from taming.modules.losses.vqperceptual import vanilla_d_loss as original_vanilla  # noqa: E402
 
 from oracle import quiet  # noqa: E402
 from tamer.config import ConfigError, from_dict  # noqa: E402
-from tamer.losses import (NonFiniteLossError, VQGANLoss, VQGANLossConfig, adaptive_weight,  # noqa: E402
-                          check_finite, hinge_d_loss, vanilla_d_loss)
+from tamer.losses import (  # noqa: E402
+    NonFiniteLossError,
+    VQGANLoss,
+    VQGANLossConfig,
+    adaptive_weight,
+    check_finite,
+    hinge_d_loss,
+    vanilla_d_loss,
+)
 from tamer.nn.discriminator import NLayerDiscriminator  # noqa: E402
-from tamer.nn.perceptual import (VGG16_FILENAME, PerceptualUnavailableWarning, load_lpips,  # noqa: E402
-                                 lpips_from_compvis, lpips_heads_path, lpips_unavailable_reason)
+from tamer.nn.perceptual import (  # noqa: E402
+    VGG16_FILENAME,
+    PerceptualUnavailableWarning,
+    load_lpips,
+    lpips_from_compvis,
+    lpips_heads_path,
+    lpips_unavailable_reason,
+)
 
 
 class TinyAutoencoder(torch.nn.Module):

@@ -3,13 +3,11 @@
 import json
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
 from tamer.cli import main
 from tamer.generation import label_map_to_png
-
 from test_transformer import CLASS, SEG_STAGE, make_model
 
 

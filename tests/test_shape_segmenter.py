@@ -2,8 +2,8 @@
 the built-in scenes, and judge_segmentation_samples scores samples against their maps (stand-in models whose
 "samples" are real scenes: of their own map, or of another's)."""
 
-import torch
 import pytest
+import torch
 
 from tamer.data import ProceduralShapes
 from tamer.metrics.shape_segmenter import judge_segmentation_samples, mean_iou, train_shape_segmenter

@@ -3,7 +3,6 @@ minGPT with the same weights, plus its guarantees: seeds, guidance, init indepen
 
 import pytest
 import torch
-
 from taming.modules.transformer import mingpt  # needs the `transformers` stub of conftest.py
 
 from tamer import SamplingSettings, Transformer, TransformerConfig

@@ -237,7 +237,8 @@ def test_segmentation_conditional_path_trains(stages, tmp_path, cache):
 
 
 def test_segmentation_vqgan_preset_trains(tmp_path):
-    from tamer.train.vqgan_run import load_run_config as vqgan_config, train_vqgan
+    from tamer.train.vqgan_run import load_run_config as vqgan_config
+    from tamer.train.vqgan_run import train_vqgan
 
     config = vqgan_config(ROOT / "configs/vqgan_tiny_seg.yaml", [
         "model.autoencoder.ch_mult=[1,2]", "model.autoencoder.resolution=16", "data.size=16", "data.length=64",
@@ -245,7 +246,8 @@ def test_segmentation_vqgan_preset_trains(tmp_path):
         "train.val_batches=1", "train.image_every=2", "train.checkpoint_every=2"])
     logs = train_vqgan(config, tmp_path)
     assert logs["pixel_loss"] > 0
-    validation = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines() if "val/psnr" in l]
+    validation = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+                  if "val/psnr" in line]
     assert 0.0 <= validation[-1]["val/label_accuracy"] <= 1.0
     model = tamer.load(tmp_path / "model")
     assert model.config.autoencoder.in_channels == 11 and model.config.colorize_nlabels == 11

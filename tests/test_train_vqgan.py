@@ -56,7 +56,8 @@ def test_micro_vqgan_learns(tmp_path):
     assert last < 0.6 * first
     assert records[60]["d_weight"] > 0 and "disc_loss" in records[60]  # the GAN is on at the end
     assert "disc_loss" in records[31] and "disc_loss" not in records[29]  # discriminator warm-up from step 30
-    validation = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines() if "val/psnr" in l]
+    validation = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+                  if "val/psnr" in line]
     assert validation and validation[-1]["val/psnr"] > 14
     model = tamer.load(tmp_path / "model")
     assert model.config.quantizer.num_codes == 32
@@ -173,6 +174,7 @@ def test_training_on_a_folder_skips_corrupt_files(tmp_path, capsys):
 def test_fine_tune_from_a_compvis_checkpoint_uses_its_discriminator_and_lpips(tmp_path, monkeypatch):
     import lpips
     from taming.modules.discriminator.model import NLayerDiscriminator
+
     from test_taming_import import original_vqmodel, write_lightning_ckpt
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))  # no VGG16 file: the carried one is used
@@ -208,7 +210,8 @@ def test_fine_tune_from_a_compvis_checkpoint_uses_its_discriminator_and_lpips(tm
 def test_tiny_preset_reaches_its_psnr_floor(tmp_path):
     """The full CPU preset (about 7 minutes on 2 cores); measured: held-out PSNR 20.3 dB, usage 100%."""
     train_vqgan(load_run_config(ROOT / "configs/vqgan_tiny_cpu.yaml"), tmp_path)
-    validation = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines() if "val/psnr" in l]
+    validation = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+                  if "val/psnr" in line]
     assert validation[-1]["step"] == 1500
     assert validation[-1]["val/psnr"] > 18.0
     assert validation[-1]["val/codebook_usage"] > 0.5

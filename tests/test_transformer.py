@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from taming.modules.transformer import permuter as original_permuter
 
 import tamer

@@ -10,8 +10,8 @@ import os
 import signal
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 
 def serve(model_paths: Sequence[str], host: str = "127.0.0.1", port: int = 7860, device: str = "auto",

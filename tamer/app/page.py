@@ -12,9 +12,9 @@ import itertools
 import logging
 import queue
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import gradio as gr
 import numpy as np

@@ -43,7 +43,8 @@ def read_taming_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def find_project_yaml(ckpt: Path) -> Path | None:
-    """CompVis runs keep ``configs/*-project.yaml`` beside ``checkpoints/``; released models ship one beside the ckpt."""
+    """CompVis runs keep ``configs/*-project.yaml`` beside ``checkpoints/``; released models ship one beside the
+    ckpt."""
     for folder in (ckpt.parent, ckpt.parent.parent / "configs", ckpt.parent / "configs"):
         found = sorted(folder.glob("*project.yaml")) if folder.is_dir() else []
         if found:

@@ -5,8 +5,16 @@
 from .factory import DataConfig, build_dataset
 from .files import FileDataset, Record, read_label_map
 from .folders import ClassFolder, ImageFileList, ImageFolder, SegmentationPairs
-from .procedural import (NUM_SEGMENTATION_LABELS, SHAPES, TEXTURES, ProceduralShapes, Scene, class_folder_name,
-                         render_scene, write_procedural_dataset)
+from .procedural import (
+                         NUM_SEGMENTATION_LABELS,
+                         SHAPES,
+                         TEXTURES,
+                         ProceduralShapes,
+                         Scene,
+                         class_folder_name,
+                         render_scene,
+                         write_procedural_dataset,
+)
 from .transforms import ImageTransform
 
 __all__ = [

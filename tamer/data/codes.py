@@ -17,17 +17,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from ..progress import progress_bar
 
 from ..checkpoints import atomic_write
+from ..progress import progress_bar
 from .files import FileDataset
 
 #: bump when the layout of the file changes, so old caches are rebuilt

@@ -8,17 +8,17 @@ silent hole in the data, are both worse than a warning. Every file-backed datase
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
-from ..progress import progress_bar
 
 from ..imageio import ImageError, open_image, read_image
+from ..progress import progress_bar
 
 log = logging.getLogger(__name__)
 

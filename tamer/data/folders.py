@@ -7,8 +7,8 @@ files and the transform live in ``FileDataset``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..imageio import IMAGE_SUFFIXES, list_images
 from .files import FileDataset, Record, Sample

@@ -16,17 +16,17 @@ non-background segmentation label is always ``label + 1`` and a classifier has s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from ..progress import progress_bar
 
 from ..imageio import save_image
+from ..progress import progress_bar
 
 SHAPES = ("circle", "square", "triangle", "star", "ring", "hexagon", "cross", "ellipse", "crescent", "bars")
 TEXTURES = ("solid", "gradient", "stripes", "checkers", "noise")

@@ -79,9 +79,11 @@ def _train_stage(kind: str, preset: str, out: Path, overrides: list[str]) -> Pat
         print(f"[demo] {out / 'model'} exists; reusing it (delete {out} to retrain)")
         return out / "model"
     if kind == "vqgan":
-        from ..train.vqgan_run import load_run_config, train_vqgan as train
+        from ..train.vqgan_run import load_run_config
+        from ..train.vqgan_run import train_vqgan as train
     else:
-        from ..train.transformer_run import load_run_config, train_transformer as train
+        from ..train.transformer_run import load_run_config
+        from ..train.transformer_run import train_transformer as train
     config = load_run_config(preset_path(preset), overrides)
     resume = (out / "checkpoints").is_dir()
     train(config, out, resume=resume)

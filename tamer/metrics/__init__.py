@@ -10,16 +10,22 @@
 """
 
 from .codebook import codebook_statistics, count_codes
-from .reconstruction import evaluate_reconstructions
-from .samples import compute_reference, evaluate_samples
-from .features import FeatureNetwork, StandInFeatures, extract_features, metric_name, torchvision_stand_in, to_uint8
-from .fid import (GaussianStatistics, feature_statistics, frechet_distance, inception_score, kernel_distance,
-                  precision_recall)
+from .features import FeatureNetwork, StandInFeatures, extract_features, metric_name, to_uint8, torchvision_stand_in
+from .fid import (
+                  GaussianStatistics,
+                  feature_statistics,
+                  frechet_distance,
+                  inception_score,
+                  kernel_distance,
+                  precision_recall,
+)
 from .image import psnr, ssim
 from .inception import InceptionFeatures, MissingWeightsError, default_inception_path, inception_unavailable_reason
+from .reconstruction import evaluate_reconstructions
 from .reference import ReferenceStatistics
 from .rejection import Rejection, classifier_scores, reject
 from .results import EvalResult
+from .samples import compute_reference, evaluate_samples
 
 __all__ = [
     "psnr", "ssim", "codebook_statistics", "count_codes",

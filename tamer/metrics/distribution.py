@@ -10,8 +10,18 @@ from __future__ import annotations
 import torch
 
 from .features import FeatureNetwork, metric_name
-from .fid import (IS_SPLITS, KID_SUBSETS, PR_NEIGHBORHOOD, RNG_SEED, feature_statistics, frechet_distance,
-                  inception_score, kernel_distance, kid_subset_size, precision_recall)
+from .fid import (
+    IS_SPLITS,
+    KID_SUBSETS,
+    PR_NEIGHBORHOOD,
+    RNG_SEED,
+    feature_statistics,
+    frechet_distance,
+    inception_score,
+    kernel_distance,
+    kid_subset_size,
+    precision_recall,
+)
 from .inception import InceptionFeatures, inception_unavailable_reason
 from .reference import ReferenceStatistics
 

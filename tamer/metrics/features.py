@@ -11,13 +11,14 @@ built-in shapes): :class:`StandInFeatures` wraps it, and its results are named a
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from ..progress import progress_bar
 
 DistributionMetric = Literal["FD", "KD", "IS", "precision", "recall"]

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from ..compat.safe_load import safe_torch_load
 from ..checkpoints import CheckpointError
+from ..compat.safe_load import safe_torch_load
 from .features import FeatureNetwork
 
 INCEPTION_FILENAME = "weights-inception-2015-12-05-6726825d.pth"

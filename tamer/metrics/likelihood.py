@@ -17,10 +17,10 @@ import math
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
+
 from ..devices import FORCED, Precision, autocast, resolve_precision
 from ..nn.gpt import weights_held_in
 from ..progress import progress_bar
-
 from .results import EvalResult, library_versions
 
 LN2 = math.log(2.0)

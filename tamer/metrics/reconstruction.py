@@ -12,14 +12,15 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
+
 from ..devices import autocast, resolve_precision
 from ..progress import progress_bar
-
 from .distribution import distribution_metrics, network_protocol, resolve_feature_network
 from .features import FeatureNetwork, to_uint8
 from .reference import ReferenceStatistics
 from .results import EvalResult, library_versions
 from .tally import SSIM_MIN_SIDE, ReconstructionTally
+
 
 def _lpips(vgg_path: str | Path | None, channels: int, notes: list[str]):
     """LPIPS when it can be built (a named file must exist), else ``None`` with a note saying why."""

@@ -14,10 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import default_collate
-from ..progress import progress_bar
 
 from ..checkpoints import Pretrained
-
+from ..progress import progress_bar
 
 #: the largest blur sigma (pixels) the judge is trained with
 JUDGE_BLUR = 1.5

@@ -6,8 +6,8 @@ so the original checkpoints load as they are. Attention runs through ``scaled_do
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

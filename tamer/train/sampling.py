@@ -6,7 +6,7 @@ which makes crops and flips independent of worker count and of where the run was
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import Dataset, Sampler

@@ -3,8 +3,8 @@
 The trainer knows nothing of a model's insides: a *task* (see :class:`Task`) names its modules and optimizers and
 yields ``(optimizer_name, loss, logs)`` for a batch. The trainer wraps modules in DistributedDataParallel when
 ``torchrun`` started several processes, runs forward passes under autocast and backward passes outside it,
-accumulates gradients, steps optimizers, the learning-rate schedule and the EMA, watches for NaN/Inf, validates, writes PNG grids,
-JSONL metrics and atomic checkpoints, and resumes all of it exactly.
+accumulates gradients, steps optimizers, the learning-rate schedule and the EMA, watches for NaN/Inf, validates,
+writes PNG grids, JSONL metrics and atomic checkpoints, and resumes all of it exactly.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -35,7 +36,6 @@ from .sampling import ResumableSampler, SeededItems
 from .selection import BEST_FOLDER, Best, export_best, improved, save_best
 from .summary import time_estimate
 
-
 #: the steps after the first whose time estimates the run's (printed once, with a warning for days)
 TIMED_STEPS = 5
 
@@ -53,7 +53,8 @@ class Task(Protocol):
     # optimizer name -> its parameters, or AdamW parameter groups (which may set their own weight decay)
     def parameter_groups(self, weight_decay: float) -> dict[str, list]: ...
 
-    def step(self, modules: dict[str, nn.Module], batch: Any, step: int) -> Iterator[tuple[str, torch.Tensor, dict]]: ...
+    def step(self, modules: dict[str, nn.Module], batch: Any,
+             step: int) -> Iterator[tuple[str, torch.Tensor, dict]]: ...
 
     def validate(self, model: nn.Module, batches: Iterator[Any]) -> dict[str, float]: ...
 

@@ -24,8 +24,8 @@ from ..data import ClassFolder, DataConfig, build_dataset
 from ..data.codes import cached_codes, encode_dataset, fingerprint
 from ..devices import data_loader_workers
 from ..guards import prepare_run_folder
-from ..presets import preset_path
 from ..nn.gpt import GPTConfig
+from ..presets import preset_path
 from ..token_order import TokenOrderName
 from ..transformer import Transformer, TransformerConfig
 from ..vqgan import VQGAN, VQGANConfig
@@ -173,7 +173,8 @@ def derive_config(config: TransformerRunConfig, first_stage: VQGANConfig, cond_s
         cond_length = h * w
     image_vocab = first_stage.vocab_size
     offset = image_vocab if conditioning.token_offset is None else conditioning.token_offset
-    derived = {"vocab_size": max(image_vocab, offset + conditioning.stage_vocab_size + int(conditioning.classifier_free)),
+    condition_end = offset + conditioning.stage_vocab_size + int(conditioning.classifier_free)
+    derived = {"vocab_size": max(image_vocab, condition_end),
                "block_size": cond_length + code_shape[0] * code_shape[1] - 1}
     what = {"vocab_size": f"the image codebook ({image_vocab}) and the condition ids (from {offset})",
             "block_size": f"{cond_length} condition + {code_shape[0] * code_shape[1]} image tokens"}

@@ -12,9 +12,9 @@ from ..compat.taming import read_taming_checkpoint, submodule_state
 from ..config import ConfigError, from_dict, merge, parse_overrides, read_yaml, to_dict
 from ..data import DataConfig, build_dataset
 from ..guards import prepare_run_folder
-from ..presets import preset_path
 from ..losses import VQGANLoss, VQGANLossConfig
 from ..nn.perceptual import lpips_from_compvis, lpips_unavailable_reason
+from ..presets import preset_path
 from ..vqgan import VQGAN, VQGANConfig
 from .config import TrainConfig
 from .distributed import setup, teardown

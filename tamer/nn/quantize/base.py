@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -74,7 +74,7 @@ class QuantizerConfig:
     shared_codebook: bool = False
     # remapping to a subset of used codes (the original's ``remap``): the ``used`` buffer comes with the weights.
     remap_size: int | None = None
-    unknown_index: Union[Literal["random", "extra"], int] = "random"
+    unknown_index: Literal["random", "extra"] | int = "random"
 
     def __post_init__(self):
         if self.kind not in KINDS:
