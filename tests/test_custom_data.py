@@ -144,6 +144,10 @@ def test_custom_presets_train_end_to_end(photos, vqgan, tmp_path, capsys):
         if preset == "classes":
             assert "3 classes" in out
             assert model.conditioning.class_names == ("astronaut", "cat", "coffee")
+            preview = sorted((tmp_path / preset / "images").glob("*-samples.png"))[-1]
+            picture = np.asarray(Image.open(preview).convert("L"))
+            assert picture.shape[1] >= 3 * SIDE * 2  # a sample per class, enlarged twice
+            assert (picture[:18] < 100).any() and (picture[:18] > 250).mean() > 0.8  # names written above them
 
     # the names travel with the model folder: sampling by name, labelled rows
     assert cli(["sample", "--model", str(tmp_path / "classes" / "model"), "--class", "cat", "coffee", "-n", "2",

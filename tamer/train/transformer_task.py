@@ -17,12 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.utils import make_grid
 
+from ..class_names import class_labels
 from ..data.codes import CODES_KEY, COND_KEY
+from ..report import labelled_grid
 from ..sampling import SamplingSettings, sample_tokens, seed_rows
 from ..transformer import Transformer
 
@@ -164,8 +167,9 @@ class TransformerTask:
 
     # -- previews --------------------------------------------------------------------------------------------------
     def preview(self, batch: Any) -> torch.Tensor:
-        """A grid of samples (seed :data:`PREVIEW_SEED`): one per class, or beside their spatial conditions
-        (conditions above, samples, then the data's own images decoded from its codes), or unconditional."""
+        """A grid of samples (seed :data:`PREVIEW_SEED`): one per class under its name, or beside their spatial
+        conditions (conditions above, samples, then the data's own images decoded from its codes), or
+        unconditional."""
         model = self.model
         conditioning = model.conditioning
         device = model.transformer.pos_emb.device
@@ -190,6 +194,11 @@ class TransformerTask:
         finally:
             model.transformer.clear_cache()  # the EMA copy's buffers must keep matching the live model's
         samples = _rgb(model.decode_codes(model.grid(new)))
+        if conditioning.kind == "class":  # each sample under its class's name, enlarged to be seen
+            names = class_labels(conditioning)
+            picture = labelled_grid(samples, count, column_labels=[names[k] for k in labels.tolist()],
+                                    scale=max(1, 128 // samples.shape[-1]))
+            return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1).float() / 127.5 - 1.0
         rows = [samples if row is None else row for row in rows] or [samples]
         return make_grid(torch.cat(rows).float().cpu(), nrow=count, padding=2, pad_value=1.0)
 
