@@ -394,6 +394,22 @@ def test_a_decompression_bomb_checkpoint_is_refused_before_loading(tmp_path, cap
     assert "decompression bomb" in err and "64 MiB" in err
 
 
+def test_a_legacy_checkpoint_declaring_more_than_it_holds_is_refused_before_loading(tmp_path, capsys, monkeypatch):
+    from tamer.compat.safe_load import safe_torch_load
+
+    genuine = tmp_path / "genuine.ckpt"  # the pre-1.6 format: pickles, then each storage's raw bytes
+    weights = {"state_dict": {"w": torch.arange(6.0), "n": torch.tensor([3], dtype=torch.int64)}}
+    torch.save(weights, genuine, _use_new_zipfile_serialization=False)
+    assert torch.equal(safe_torch_load(genuine)["state_dict"]["w"], weights["state_dict"]["w"])
+    big = tmp_path / "big.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(16 << 20)}}, big, _use_new_zipfile_serialization=False)
+    bomb = tmp_path / "last.ckpt"  # 64 MiB declared, the first 2 KB kept: torch would allocate it all first
+    bomb.write_bytes(big.read_bytes()[:2048])
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load reached"))
+    err = refused(["convert", bomb, "--config", TAMING_YAML, "--out", tmp_path / "converted"], capsys, bomb, 1, bomb)
+    assert "declare 64.0 MiB in a file of 0.0 MiB" in err
+
+
 @pytest.mark.parametrize("content, message", [(b"", "empty file"), (os.urandom(4096), "not a readable"),
                                               (b"PK\x03\x04" + b"\0" * 100, "not a readable")])
 def test_junk_checkpoints_are_named(content, message, tmp_path, capsys):

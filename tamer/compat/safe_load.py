@@ -75,6 +75,56 @@ def check_archive_sizes(path: Path) -> None:
                 f"uncompressed in a file of {size / 2**20:.1f} MiB (a decompression bomb?); nothing was loaded")
 
 
+#: bytes per element of the storage classes a legacy (pre-1.6) ``torch.save`` file names
+_STORAGE_ITEM_BYTES = {"DoubleStorage": 8, "FloatStorage": 4, "HalfStorage": 2, "BFloat16Storage": 2,
+                       "LongStorage": 8, "IntStorage": 4, "ShortStorage": 2, "CharStorage": 1, "ByteStorage": 1,
+                       "BoolStorage": 1, "ComplexFloatStorage": 8, "ComplexDoubleStorage": 16}
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+class _DeclaredStorageBytes(pickle.Unpickler):
+    """Walks the object pickle of a legacy file building nothing: every global becomes a placeholder and every
+    storage is only counted (``declared`` bytes), so no storage is allocated."""
+
+    def __init__(self, file):
+        super().__init__(file)
+        self.declared = 0
+
+    def find_class(self, module: str, name: str) -> type:
+        stand_in = _placeholder(f"{module}.{name}")
+        stand_in.item_bytes = _STORAGE_ITEM_BYTES.get(name, 1) if module == "torch" else 1
+        return stand_in
+
+    def persistent_load(self, saved_id):
+        if isinstance(saved_id, tuple) and len(saved_id) >= 5 and saved_id[0] == "storage":
+            self.declared += int(saved_id[4]) * getattr(saved_id[1], "item_bytes", 1)
+        return None
+
+
+def check_legacy_sizes(path: Path) -> None:
+    """Refuse a legacy (pre-1.6, not zip) ``torch.save`` file whose storages declare more bytes than the file holds.
+
+    The storages' raw bytes follow the pickles in such a file, so a genuine one is larger than their sum; PyTorch
+    allocates each storage at its declared size before reading it, so a small file declaring gigabytes would take
+    them (and a truncated one some). Files that are not legacy checkpoints are left to ``torch.load`` to name.
+    """
+    import mmap
+
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            if pickle.Unpickler(view).load() != _LEGACY_MAGIC:
+                return
+            pickle.Unpickler(view).load(), pickle.Unpickler(view).load()  # protocol version, system info
+            reader = _DeclaredStorageBytes(view)
+            reader.load()
+    except Exception:  # noqa: BLE001 - not a legacy checkpoint we can size: torch.load will say what it is
+        return
+    if reader.declared > size:
+        raise CheckpointError(f"{path}: refused, its tensors declare {reader.declared / 2**20:.1f} MiB in a file of "
+                              f"{size / 2**20:.1f} MiB (truncated, or a memory bomb); nothing was loaded")
+
+
 def _torch_load(path: Path, map_location) -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
@@ -94,6 +144,8 @@ def _check_file(path: Path) -> None:
         raise CheckpointError(f"{path}: empty file (0 bytes); it was not written completely")
     if zipfile.is_zipfile(path):
         check_archive_sizes(path)
+    else:
+        check_legacy_sizes(path)
 
 
 def load_plain(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
