@@ -2,6 +2,7 @@
 
 import contextlib
 import importlib
+import resource
 import sys
 import types
 import warnings
@@ -278,5 +279,14 @@ def test_bad_yaml_names_the_problem(tmp_path, monkeypatch):
 
     with pytest.raises(CheckpointError, match=r"unexpected keys transformer\.blocks\.1\.attn\.key\.bias"):
         tamer.load(ckpt, config=_write_variant(tmp_path, too_small))
+
+    def huge(params):  # 6.4 GB of float32 weights, were it built before the shapes are compared
+        params["transformer_config"]["params"].update(n_layer=8, n_embd=4096)
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    with pytest.raises(CheckpointError, match=r"does not fit Transformer: missing keys transformer\.blocks\.2\..*"
+                                              r"wrong shapes .*file \(32, 32\) vs model \(4096, 4096\)"):
+        tamer.load(ckpt, config=_write_variant(tmp_path, huge))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 1 << 20  # less than 1 GiB more
     assert cli(["convert", str(ckpt), "--config", str(_write_variant(tmp_path, cond_target)),
                 "--out", str(tmp_path / "o")]) == 1

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoints import CheckpointError, load_state_dict_strict
+from ..checkpoints import CheckpointError, check_shapes, load_state_dict_strict
 from ..conditioning import ConditioningConfig
 from ..config import ConfigError, from_dict
 from ..nn.gpt import GPTConfig
@@ -50,8 +50,18 @@ def load_net2net(document: dict, state: dict[str, torch.Tensor], source: str, co
                  code_shape: tuple[int, int] | None = None) -> Transformer:
     """A :class:`Transformer` from an original project.yaml ``document`` and the checkpoint's ``state``."""
     config = transformer_config_from_taming(document["model"], state, code_shape, where=f"{config_path}: model")
-    model = Transformer(config)
     shared = document["model"]["params"]["cond_stage_config"] == "__is_first_stage__"
+    try:  # on the meta device, which allocates nothing: a yaml that disagrees with the file fails before gigabytes
+        with torch.device("meta"):
+            skeleton = Transformer(config)
+    except Exception:  # a constructor that cannot run on meta tensors: the strict load below still compares
+        skeleton = None
+    if skeleton is not None:
+        expected = transformer_weights(state, skeleton, source, shared_first_stage=shared)
+        check_shapes({k: tuple(v.shape) for k, v in skeleton.state_dict().items()},
+                     {k: tuple(v.shape) for k, v in expected.items()}, source, "Transformer")
+        del skeleton
+    model = Transformer(config)
     weights = transformer_weights(state, model, source, shared_first_stage=shared)
     load_state_dict_strict(model, weights, source=source)
     return model
