@@ -15,6 +15,7 @@ from .devices import autocast, resolve_device, resolve_precision
 from .guards import InputError, check_count, check_model_pixels
 from .imageio import FitMode, fit_to_multiple, read_image, save_image  # noqa: F401  (save_image re-exported)
 from .metrics.image import psnr
+from .progress import progress_bar
 from .vqgan import VQGAN
 
 
@@ -131,13 +132,18 @@ def encode_images(model: VQGAN, images: Sequence[torch.Tensor], batch_size: int 
 
 
 @torch.inference_mode()
-def decode_codes(model: VQGAN, codes: torch.Tensor, batch_size: int = 4, precision: str = "fp32") -> torch.Tensor:
+def decode_codes(model: VQGAN, codes: torch.Tensor, batch_size: int = 4, precision: str = "fp32",
+                 progress: bool = False) -> torch.Tensor:
+    """Images ``N×3×H×W`` in [-1, 1] from code grids ``N×h×w``, ``batch_size`` at a time (``progress``: a bar over
+    the batches when there is more than one)."""
     require_vqgan(model)
     check_count("batch_size", batch_size)
     device = model_device(model)
+    starts = range(0, len(codes), batch_size)
     with _autocast(model, precision):
         return torch.cat([model.decode(codes[i:i + batch_size].to(device)).float().clamp(-1, 1).cpu()
-                          for i in range(0, len(codes), batch_size)])
+                          for i in progress_bar(starts, desc="decode", unit="batch",
+                                                disable=not progress or len(starts) < 2)])
 
 
 def save_codes(codes: torch.Tensor, path: str | Path) -> Path:

@@ -173,7 +173,7 @@ def _decode(args) -> int:
     guards.check_output_folder(args.out, [args.codes])
     model = _load_model(args, vqgan=True)
     codes = api.load_codes(args.codes, model)
-    images = api.decode_codes(model, codes, batch_size=args.batch_size, precision=args.precision)
+    images = api.decode_codes(model, codes, batch_size=args.batch_size, precision=args.precision, progress=True)
     args.out.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(images):
         api.save_image(image, args.out / f"{i:04d}.png")

@@ -47,12 +47,18 @@ def test_reconstruct_writes_images_and_prints_psnr(model_dir, photos, tmp_path, 
         assert float(line.split()[-1]) == pytest.approx(psnr(reconstruction, original).item(), abs=0.1)
 
 
-def test_encode_then_decode_matches_reconstruct(model_dir, photos, tmp_path):
+def test_encode_then_decode_matches_reconstruct(model_dir, photos, tmp_path, capsys):
     codes = tmp_path / "codes.npy"
     assert cli(["encode", "--model", str(model_dir), *map(str, photos), "--out", str(codes)]) == 0
     array = np.load(codes)
     assert array.shape == (2, 12, 16)
+    capsys.readouterr()
+    assert cli(["decode", "--model", str(model_dir), str(codes), "--out", str(tmp_path / "dec1"),
+                "--batch-size", "1"]) == 0
+    bar = capsys.readouterr().err
+    assert "decode: 100%" in bar and "2/2" in bar  # two batches: a bar over them
     assert cli(["decode", "--model", str(model_dir), str(codes), "--out", str(tmp_path / "dec")]) == 0
+    assert "decode:" not in capsys.readouterr().err  # one batch: no bar
     assert cli(["reconstruct", "--model", str(model_dir), *map(str, photos), "--out", str(tmp_path / "rec")]) == 0
     for i, path in enumerate(photos):
         decoded = np.asarray(Image.open(tmp_path / "dec" / f"{i:04d}.png"), dtype=int)
