@@ -16,11 +16,14 @@ What this module does instead, for identical logits:
   When a window comes back, only the tokens sampled since it was last used are run (one chunk), on top of its
   cache; a new window runs its condition and known tokens in one chunk.
 - Wavefront schedule: a token can be drawn as soon as every token its window's prefix reads is known (the window's
-  rows above it, all its columns, and its own row to its left), so a row can run while the row above is ahead by
-  the window's right part. Each step draws the next token of every such row; their chunks (different windows,
-  caches and lengths) run in one GPT call (:meth:`GPT.extend_chunks`: the linear layers over all their positions
-  at once, attention per window), which on the CPU costs about what one chunk costs while the calls are bound by
-  reading the weights. The ``raster`` schedule draws one token per call in reading order; both give the same grid.
+  rows above it, all its columns, and its own row to its left), so a row runs while the row above is still ahead of
+  it. Each step draws the next token of every such row; their chunks (different windows, caches and lengths) run in
+  one GPT call (:meth:`GPT.extend_chunks`: the linear layers over all their positions at once, attention per
+  window): on the CPU, where a call of few positions is bound by reading the weights, far less than a call per
+  chunk. The ``raster`` schedule draws one token per call in reading order; both give the same grid. A row's first
+  token reads the first ``ww`` columns of the row above, so each row starts ``ww`` steps after the one above and the
+  wavefront takes ``W + (H - 1)·ww`` steps; the positions run are the same in both (BENCHMARKS.md: they, not the
+  calls, bound large grids).
 - A spatial condition is tokenized once for the whole grid; windows crop the id grid.
 
 Noise is keyed by the grid position ``i·W + j`` and the row's seed (:func:`tamer.sampling.draw`), so a seed gives

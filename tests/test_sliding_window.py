@@ -255,6 +255,17 @@ def test_wavefront_steps_follow_the_critical_path():
     assert sum(calls) == shape[0] * shape[1] and max(calls) == shape[1] // WINDOW[1]
 
 
+def test_a_wave_larger_than_the_position_bound_runs_in_several_calls(monkeypatch):
+    model = make_model(COORD)
+    shape = (10, 27)
+    condition = coordinates(2, shape)
+    whole, _, whole_calls = sample_recording(monkeypatch, model, condition, shape, TOP_K, "wavefront")
+    monkeypatch.setattr(sw, "_MAX_POSITIONS", 200)  # a fresh coordinate window alone is 2 × 64+ positions
+    split, _, split_calls = sample_recording(monkeypatch, model, condition, shape, TOP_K, "wavefront")
+    assert torch.equal(whole, split)
+    assert sum(split_calls) == sum(whole_calls) and len(split_calls) > len(whole_calls)
+
+
 # ---- guarantees ---------------------------------------------------------------------------------------------------
 
 
