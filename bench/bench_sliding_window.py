@@ -3,7 +3,8 @@
 against ``tamer.sliding_window``, same weights, same process, greedy decoding (so both must choose the same tokens).
 
     .venv/bin/python bench/bench_sliding_window.py [--grid 32 32] [--batch 1] [--repeats 1]
-        [--conditions none spatial] [--original-rows all|N] [--threads N] [--device cpu]
+        [--conditions none spatial] [--original-rows all|N] [--schedules wavefront raster] [--threads N]
+        [--device cpu]
 
 Configuration of the stage-2 issue: a 16×16 window, GPT 12 layers × 8 heads × 512 wide, vocabulary 1024; the
 condition is a start token ("none", 1 token per window) or a spatial condition ("spatial": a coordinate stage,
@@ -12,7 +13,8 @@ condition is a start token ("none", 1 token per window) or a spatial condition (
 The original costs the same for every token (one forward of ``L + 255`` positions), so on a slow machine it can be
 timed on ``--original-rows N`` rows spread over the grid and scaled to the whole grid. Those rows are then checked
 with teacher forcing: the original reads the grid tamer sampled and must choose every token of those rows as tamer
-did (with ``all``, it samples the whole grid from scratch and the two grids must be equal).
+did (with ``all``, it samples the whole grid from scratch and the two grids must be equal). Every schedule's grid
+must equal the first one's.
 """
 
 from __future__ import annotations
@@ -112,6 +114,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--conditions", nargs="+", choices=list(CONDITIONS), default=["none"])
     parser.add_argument("--original-rows", default="all", help="'all', or how many rows to time the original on")
+    parser.add_argument("--schedules", nargs="+", choices=list(sw.SCHEDULES), default=list(sw.SCHEDULES),
+                        help="tamer's schedules to time (the first one's grid is checked against the original)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
@@ -151,58 +155,70 @@ def main() -> None:
         L = WINDOW * WINDOW if name == "spatial" else 1
         settings = SamplingSettings(top_k=1)
 
-        positions = []
-        extend = sw._extend
+        calls = []  # per GPT call: positions run
+        run = sw._run_chunks
 
-        def counting(gpt, k, v, tokens, start, logits=True):
-            positions.append(tokens.numel())
-            return extend(gpt, k, v, tokens, start, logits)
+        def counting(gpt, chunks):
+            calls.append(sum(tokens.numel() for tokens, *_ in chunks))
+            return run(gpt, chunks)
 
-        def tamer_grid():
-            return sw.sample_sliding_window(model, condition, B, (H, W), settings, progress=False)
+        def tamer_grid(schedule):
+            return lambda: sw.sample_sliding_window(model, condition, B, (H, W), settings, progress=False,
+                                                    schedule=schedule)
 
         with torch.inference_mode():
-            # Warm-up: a short call of each. Then interleaved rounds; the first also checks the tokens.
+            # Warm-up: a short call of each. Then interleaved rounds; the first also counts and checks the tokens.
             small = (WINDOW, WINDOW + 1)
             crop = None if condition is None else condition[..., :16 * small[0], :16 * small[1]]
-            sw.sample_sliding_window(model, crop, B, small, settings, progress=False)
+            for schedule in args.schedules:
+                sw.sample_sliding_window(model, crop, B, small, settings, progress=False, schedule=schedule)
             original_algorithm(original, cidx[:, :small[0], :small[1]] if cidx.dim() == 3 else cidx,
                                torch.zeros(B, *small, dtype=torch.long, device=device), [0])
-            times = [[], []]
-            sw._extend = counting
-            grid, seconds = timed(tamer_grid, device)
-            sw._extend = extend
-            times[1].append(seconds)
-            tamer_positions = sum(positions)
+            times = {schedule: [] for schedule in args.schedules}
+            grids, counts = {}, {}
+            for schedule in args.schedules:
+                calls.clear()
+                sw._run_chunks = counting
+                grids[schedule], seconds = timed(tamer_grid(schedule), device)
+                sw._run_chunks = run
+                times[schedule].append(seconds)
+                counts[schedule] = (sum(calls), len(calls))
+                print(f"{name}, {schedule}: {seconds:.1f} s, {sum(calls):,} positions in {len(calls):,} calls",
+                      file=sys.stderr, flush=True)
+            grid = grids[args.schedules[0]]
             context = torch.zeros_like(grid) if len(rows) == H else grid.clone()
 
             def original_rows():
                 return original_algorithm(original, cidx, context.clone(), rows)
 
             chosen, seconds = timed(original_rows, device)
-            times[0].append(seconds)
-            agree = bool(torch.equal(chosen[:, rows], grid[:, rows]))
+            original_times = [seconds]
+            print(f"{name}, original: {seconds:.1f} s on {len(rows)} rows", file=sys.stderr, flush=True)
+            agree = {schedule: bool(torch.equal(chosen[:, rows], g[:, rows]) and torch.equal(g, grid))
+                     for schedule, g in grids.items()}
             for _ in range(args.repeats - 1):
-                times[0].append(_timed(original_rows, device))
-                times[1].append(_timed(tamer_grid, device))
-        original_s = statistics.median(times[0]) * H / len(rows)
-        tamer_s = statistics.median(times[1])
-        results.append((name, L, original_s, tamer_s, agree, B * H * W * (L + 255), tamer_positions))
+                original_times.append(_timed(original_rows, device))
+                for schedule in args.schedules:
+                    times[schedule].append(_timed(tamer_grid(schedule), device))
+        original_s = statistics.median(original_times) * H / len(rows)
+        results.append((name, L, original_s, B * H * W * (L + 255), H * W,
+                        [(schedule, statistics.median(times[schedule]), *counts[schedule], agree[schedule])
+                         for schedule in args.schedules]))
 
     span = "the whole grid" if len(rows) == H else f"rows {rows} of {H}, scaled to the grid"
     print(f"\nSliding-window sampling: {H}×{W} grid from a {WINDOW}×{WINDOW} window, batch {B}, 12 layers × 8 heads "
-          f"× 512 wide, vocabulary 1024, greedy, median of {args.repeats} interleaved round(s) after a short warm-up; "
-          f"original timed on {span}; torch {torch.__version__}; {machine()}\n")
-    print("| condition | sampler | s per grid | tokens/s | GPT positions run | × original | same tokens |")
-    print("|---|---|---|---|---|---|---|")
-    for name, L, original_s, tamer_s, agree, original_positions, tamer_positions in results:
+          f"× 512 wide, vocabulary 1024, fp32, greedy, median of {args.repeats} interleaved round(s) after a short "
+          f"warm-up; original timed on {span}; torch {torch.__version__}; {machine()}\n")
+    print("| condition | sampler | s per grid | tokens/s | GPT positions run | GPT calls | × original | same tokens |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, L, original_s, original_positions, original_calls, samplers in results:
         label = f"{name} ({L} token{'s' if L > 1 else ''} per window)"
         tokens = B * H * W
         print(f"| {label} | original (full forward per token) | {original_s:.1f} | {tokens / original_s:.2f} | "
-              f"{original_positions:,} | 1.0 | |")
-        print(f"| {label} | tamer sliding_window | {tamer_s:.1f} | {tokens / tamer_s:.2f} | {tamer_positions:,} | "
-              f"{original_s / tamer_s:.1f} | {'yes' if agree else 'NO'} |")
-
+              f"{original_positions:,} | {original_calls:,} | 1.0 | |")
+        for schedule, tamer_s, positions, calls, agree in samplers:
+            print(f"| {label} | tamer sliding_window, {schedule} | {tamer_s:.1f} | {tokens / tamer_s:.2f} | "
+                  f"{positions:,} | {calls:,} | {original_s / tamer_s:.1f} | {'yes' if agree else 'NO'} |")
 
 if __name__ == "__main__":
     main()

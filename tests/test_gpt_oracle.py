@@ -272,6 +272,41 @@ def test_extend_on_outside_caches_equals_full_forward(n_unmasked, fast, monkeypa
     torch.testing.assert_close(ours.extend(idx[:, 10:12], 10), full[:, 11], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("n_unmasked", [0, 5])
+@pytest.mark.parametrize("fast", [False, True], ids=["f_linear", "fast"])
+def test_extend_chunks_equals_one_extend_per_chunk(n_unmasked, fast, monkeypatch):
+    """Chunks of different rows, lengths and starts on their own caches, in one call: each chunk's logits and
+    cache as if it had run alone, and the logits of the full forward."""
+    if fast:
+        monkeypatch.setattr(gpt_module, "SMALL_WEIGHT", 0)
+    ours, _ = make_pair(n_unmasked)
+    total = 24
+    seqs = [torch.randint(0, SMALL["vocab_size"], (n, total)) for n in (2, 1, 3)]
+    with torch.no_grad():
+        full = [ours(idx)[0] for idx in seqs]
+
+    def caches(n):
+        shape = (SMALL["n_layer"], n, SMALL["n_head"], total, SMALL["n_embd"] // SMALL["n_head"])
+        return torch.zeros(shape), torch.zeros(shape)
+
+    mine, alone = [caches(idx.shape[0]) for idx in seqs], [caches(idx.shape[0]) for idx in seqs]
+    # Calls of chunks (start, end) per sequence: a fresh one, one of a single position, one beside a longer one.
+    for spans in (((0, 7), (0, 9), (0, 5)), ((7, 8), (9, 20), (5, 6)), ((8, 24), (20, 21), (6, 10))):
+        chunks = [(idx[:, a:b], a, *kv) for idx, (a, b), kv in zip(seqs, spans, mine)]
+        got = ours.extend_chunks(chunks).split([idx.shape[0] for idx in seqs])
+        for idx, (a, b), kv, logits, expected in zip(seqs, spans, alone, got, full):
+            torch.testing.assert_close(logits, ours.extend(idx[:, a:b], a, *kv), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(logits, expected[:, b - 1], atol=1e-4, rtol=1e-4)
+    for (k, v), (k_alone, v_alone) in zip(mine, alone):
+        torch.testing.assert_close(k, k_alone, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(v, v_alone, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="no chunks"):
+        ours.extend_chunks([])
+    if n_unmasked:
+        with pytest.raises(ValueError, match="bidirectional prefix"):
+            ours.extend_chunks([(seqs[0][:, 2:4], 2, *mine[0])])
+
+
 def test_extend_errors_are_clear():
     ours, _ = make_pair(n_unmasked=5)
     shape = (SMALL["n_layer"], 2, SMALL["n_head"], 12, SMALL["n_embd"] // SMALL["n_head"])

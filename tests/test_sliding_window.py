@@ -5,6 +5,7 @@ import pytest
 import torch
 from taming.modules.transformer import mingpt  # needs the `transformers` stub of conftest.py
 
+import tamer.sliding_window as sw
 from tamer import SamplingSettings, Transformer, TransformerConfig
 from tamer.config import from_dict
 from tamer.sampling import guide
@@ -160,6 +161,110 @@ def test_prefix_is_kept_and_sampling_continues_from_it():
     assert torch.equal(codes, expected)
 
 
+# ---- the wavefront schedule draws the raster schedule's grid -------------------------------------------------------
+
+
+def sample_recording(monkeypatch, model, condition, shape, settings, schedule, **options):
+    """The grid, the logits of every drawn token by grid position, and the GPT calls made, under ``schedule``."""
+    logits, calls = {}, []
+
+    def recording_draw(rows, settings, seeds, position):
+        assert position not in logits, "a token was drawn twice"
+        logits[position] = rows.clone()
+        return draw(rows, settings, seeds, position)
+
+    def counting_run(gpt, chunks):
+        calls.append(len(chunks))
+        return run(gpt, chunks)
+
+    draw, run = sw.draw, sw._run_chunks
+    monkeypatch.setattr(sw, "draw", recording_draw)
+    monkeypatch.setattr(sw, "_run_chunks", counting_run)
+    batch = 2 if condition is None else condition.shape[0]
+    grid = sample_sliding_window(model, condition, batch, shape, settings, seed=5, progress=False,
+                                 schedule=schedule, **options)
+    monkeypatch.undo()
+    return grid, logits, calls
+
+
+COORD_CF = dict(COORD, classifier_free=True)
+TOP_K = SamplingSettings(top_k=6, temperature=0.9)
+WAVEFRONT_CASES = {  # conditioning, condition, grid, settings, options
+    "start-token-greedy": (NONE, None, (13, 11), GREEDY, {}),
+    "start-token-top-k": (NONE, None, (10, 12), TOP_K, {}),
+    "class-top-k": (CLASS, torch.tensor([1, 3]), (12, 17), TOP_K, {}),
+    "class-guided-top-k": (CLASS, torch.tensor([0, 2]), (11, 10), SamplingSettings(top_k=6, cfg_scale=2.5), {}),
+    "class-guided-greedy": (CLASS, torch.tensor([2, 1]), (9, 13), SamplingSettings(top_k=1, cfg_scale=3.0), {}),
+    "coord-top-k": (COORD, coordinates(2, (13, 15)), (13, 15), TOP_K, {}),
+    "coord-guided-top-p": (COORD_CF, coordinates(2, (11, 12)), (11, 12), SamplingSettings(top_p=0.9, cfg_scale=2.0),
+                           {}),
+    "slightly-larger": (CLASS, torch.tensor([3, 0]), (9, 9), TOP_K, {}),
+    "one-more-column": (NONE, None, (8, 9), TOP_K, {}),
+    "one-more-row": (COORD, coordinates(2, (9, 8)), (9, 8), TOP_K, {}),
+    "prefix": (CLASS, torch.tensor([1, 2]), (10, 12), TOP_K, {"prefix": torch.arange(2 * 67).view(2, 67) * 7 % 32}),
+    "init-codes": (NONE, None, (11, 13), TOP_K, {"init_codes": torch.arange(2 * 143).view(2, 11, 13) * 5 % 32}),
+    "one-window": (COORD, coordinates(2, (12, 14)), (12, 14), TOP_K, {"max_cached_windows": 1}),
+    "two-windows": (CLASS, torch.tensor([1, 3]), (13, 17), SamplingSettings(top_k=6, cfg_scale=2.0),
+                    {"max_cached_windows": 2}),
+    "five-windows": (NONE, None, (14, 19), TOP_K, {"max_cached_windows": 5}),
+}
+
+
+@pytest.mark.parametrize("case", list(WAVEFRONT_CASES))
+def test_wavefront_grid_equals_the_raster_grid_token_for_token(case, monkeypatch):
+    conditioning, condition, shape, settings, options = WAVEFRONT_CASES[case]
+    model = make_model(conditioning, n_unmasked=64 if case == "coord-top-k" else 0)  # one bidirectional prefix
+    raster, raster_logits, raster_calls = sample_recording(monkeypatch, model, condition, shape, settings, "raster",
+                                                           **options)
+    wave, wave_logits, wave_calls = sample_recording(monkeypatch, model, condition, shape, settings, "wavefront",
+                                                     **options)
+    assert torch.equal(wave, raster)
+    given = options["prefix"].shape[1] if "prefix" in options else 0
+    assert sorted(wave_logits) == sorted(raster_logits) == list(range(given, shape[0] * shape[1]))
+    for position, logits in raster_logits.items():
+        torch.testing.assert_close(wave_logits[position], logits, atol=1e-4, rtol=1e-4)
+    assert raster_calls == [1] * len(raster_logits)
+    assert sum(wave_calls) == len(raster_logits)
+    if options.get("max_cached_windows") == 1 or shape[1] == WINDOW[1]:  # one token a step; every row waits
+        assert wave_calls == raster_calls                                  # for the whole row above
+    else:
+        assert len(wave_calls) < len(raster_calls)
+    if "prefix" in options:
+        assert torch.equal(wave.reshape(2, -1)[:, :options["prefix"].shape[1]], options["prefix"])
+
+
+def test_wavefront_steps_follow_the_critical_path():
+    """The first token of a row reads the first ``ww`` columns of the row above, so row ``i`` starts ``ww`` steps
+    after row ``i - 1`` and is never held back after that: ``W + (H - 1)·ww`` steps, one GPT call each."""
+    model = make_model(NONE)
+    shape = (12, 40)
+    calls = []
+    run = sw._run_chunks
+
+    def counting_run(gpt, chunks):
+        calls.append(len(chunks))
+        return run(gpt, chunks)
+
+    sw._run_chunks = counting_run
+    try:
+        sample_sliding_window(model, None, 1, shape, GREEDY, progress=False)
+    finally:
+        sw._run_chunks = run
+    assert len(calls) == shape[1] + (shape[0] - 1) * WINDOW[1]
+    assert sum(calls) == shape[0] * shape[1] and max(calls) == shape[1] // WINDOW[1]
+
+
+def test_a_wave_larger_than_the_position_bound_runs_in_several_calls(monkeypatch):
+    model = make_model(COORD)
+    shape = (10, 27)
+    condition = coordinates(2, shape)
+    whole, _, whole_calls = sample_recording(monkeypatch, model, condition, shape, TOP_K, "wavefront")
+    monkeypatch.setattr(sw, "_MAX_POSITIONS", 200)  # a fresh coordinate window alone is 2 × 64+ positions
+    split, _, split_calls = sample_recording(monkeypatch, model, condition, shape, TOP_K, "wavefront")
+    assert torch.equal(whole, split)
+    assert sum(split_calls) == sum(whole_calls) and len(split_calls) > len(whole_calls)
+
+
 # ---- guarantees ---------------------------------------------------------------------------------------------------
 
 
@@ -229,9 +334,29 @@ def test_callback_sees_every_token_in_order():
         assert grid.shape == (1, *shape)
         seen.append((k, int(grid.reshape(-1)[k])))
 
-    codes = sample_sliding_window(model, None, 1, shape, GREEDY, callback=callback)
+    codes = sample_sliding_window(model, None, 1, shape, GREEDY, callback=callback, schedule="raster")
     assert [k for k, _ in seen] == list(range(81))
     assert [t for _, t in seen] == codes.reshape(-1).tolist()
+
+
+def test_wavefront_calls_back_once_per_token_and_never_changes_a_drawn_token():
+    shape = (10, 20)
+    model = make_model(NONE)
+    counts, grids = [], []
+
+    def callback(k, grid):
+        counts.append(k)
+        grids.append(grid.clone())
+
+    init = torch.full((1, *shape), 31)
+    codes = sample_sliding_window(model, None, 1, shape, GREEDY, callback=callback, init_codes=init)
+    assert counts == list(range(200))
+    drawn = [(g != init).sum().item() for g in grids]  # at most: a drawn 31 looks undrawn
+    assert drawn == sorted(drawn)
+    for before, after in zip(grids, grids[1:]):
+        changed = before != init
+        assert torch.equal(before[changed], after[changed])
+    assert torch.equal(grids[-1], codes)
 
 
 def test_errors_name_the_problem():
@@ -248,3 +373,5 @@ def test_errors_name_the_problem():
         sample_sliding_window(make_model(NONE), None, 1, (10, 10), GREEDY, init_codes=torch.zeros(1, 9, 10))
     with pytest.raises(ValueError, match="n_unmasked"):
         sample_sliding_window(make_model(NONE, n_unmasked=4), None, 1, (10, 10), GREEDY)
+    with pytest.raises(ValueError, match="schedule: expected one of wavefront, raster"):
+        sample_sliding_window(make_model(NONE), None, 1, (10, 10), GREEDY, schedule="zigzag")

@@ -246,17 +246,39 @@ class CausalSelfAttention(nn.Module):
         ``v_cache`` (``B×nh×max_len×hd``) and attend over the cached positions ``< start+T`` (``attn_mask``: the
         chunk's rows of the full mask, or ``is_causal`` when ``start`` is 0). ``queries``: "all" positions,
         only the "last" one (``B×1×C``), or "none" (only store keys and values; returns None)."""
-        q, k, v = self._qkv(x)
-        end = start + x.shape[1]
+        y = self._attend_cached(*self._qkv(x), k_cache, v_cache, start, attn_mask, is_causal, queries)
+        return None if y is None else self._out(y)
+
+    def cached_chunks(self, x: torch.Tensor, chunks: list, queries: str = "all") -> torch.Tensor:
+        """:meth:`cached` for several chunks, each on its own cache, in one pass: ``x`` (``P×C``) holds every
+        chunk's positions one after another (chunk ``c``: ``N×T``, row-major); ``chunks`` holds per chunk ``(N, T,
+        k_cache, v_cache, start, attn_mask, is_causal)``. The projections run over all ``P`` positions at once (the
+        weights are read once), attention per chunk. Returns ``P×C``, or for ``queries="last"`` the last position
+        of each of the ``ΣN`` sequences."""
+        q = linear(x, self.query).contiguous()
+        k, v = linear(x, self.key), linear(x, self.value)
+        ys, first = [], 0
+        for n, t, k_cache, v_cache, start, attn_mask, is_causal in chunks:
+            rows = slice(first, first + n * t)
+            first += n * t
+            q_c, k_c, v_c = (self._heads(z[rows].reshape(n, t, -1)) for z in (q, k, v))
+            y = self._attend_cached(q_c, k_c, v_c, k_cache, v_cache, start, attn_mask, is_causal, queries)
+            ys.append(y.transpose(1, 2).reshape(-1, x.shape[-1]))
+        return self.resid_drop(linear(torch.cat(ys), self.proj))
+
+    @staticmethod
+    def _attend_cached(q, k, v, k_cache, v_cache, start, attn_mask, is_causal, queries) -> torch.Tensor | None:
+        """Heads ``q, k, v`` (``B×nh×T×hd``) at positions ``start ..``: store ``k, v`` in the cache, attend over
+        it (see :meth:`cached`); heads ``B×nh×T×hd`` (``T=1`` for "last"), None for "none"."""
+        end = start + k.shape[2]
         k_cache[:, :, start:end] = k
         v_cache[:, :, start:end] = v
         if queries == "none":
             return None
-        if queries == "last" and x.shape[1] > 1:  # the last position attends to all keys up to itself
+        if queries == "last" and q.shape[2] > 1:  # the last position attends to all keys up to itself
             q, attn_mask, is_causal = q[:, :, -1:], None, False
         keys, values = k_cache[:, :, :end].to(q.dtype), v_cache[:, :, :end].to(q.dtype)
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask, is_causal=is_causal)
-        return self._out(y)
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask, is_causal=is_causal)
 
     def decode_static(self, x: torch.Tensor, input_pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """One position ``input_pos`` (a 1-element tensor) over the whole own cache under the boolean ``mask``:
@@ -296,6 +318,13 @@ class Block(nn.Module):
         if y is None:
             return None
         x = x[:, -1:] + y if queries == "last" else x + y
+        return x + self._mlp(self.ln2(x))
+
+    def cached_chunks(self, x: torch.Tensor, chunks: list, queries: str, last: torch.Tensor) -> torch.Tensor:
+        """The block over several chunks' caches; see :meth:`CausalSelfAttention.cached_chunks`. ``last``: the
+        rows of ``x`` that are the sequences' last positions (kept for ``queries="last"``)."""
+        y = self.attn.cached_chunks(self.ln1(x), chunks, queries)
+        x = x[last] + y if queries == "last" else x + y
         return x + self._mlp(self.ln2(x))
 
     def decode_static(self, x: torch.Tensor, input_pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -467,6 +496,37 @@ class GPT(nn.Module):
         ``start`` on are overwritten; a chunk starting inside a bidirectional prefix (``n_unmasked``) must start at 0
         and cover it.
         """
+        return self._run(self.tok_emb(tokens), start, self._extend_caches(tokens, start, k_cache, v_cache), logits)
+
+    @torch.no_grad()
+    def extend_chunks(self, chunks: list) -> torch.Tensor:
+        """Several :meth:`extend` calls in one pass, each on its own cache: ``chunks`` holds ``(tokens, start,
+        k_cache, v_cache)`` per call, as :meth:`extend` takes them (rows, lengths and starts may differ). Returns
+        the logits of each chunk's last position, ``ΣN×V`` in chunk order.
+
+        Why: on the CPU a call of few positions is bound by reading the weights; here the linear layers run all
+        chunks' positions in one product, so the weights are read once per layer for all of them. Attention runs
+        per chunk over its own cache.
+        """
+        if not chunks:
+            raise ValueError("GPT.extend_chunks: no chunks")
+        xs, specs, last, first = [], [], [], 0
+        for tokens, start, k_cache, v_cache in chunks:
+            caches = list(self._extend_caches(tokens, start, k_cache, v_cache))
+            n, t = tokens.shape
+            xs.append((self.tok_emb(tokens) + self.pos_emb[:, start:start + t]).reshape(n * t, -1))
+            specs.append((n, t, caches, start, *self._chunk_mask(start, start + t, tokens.device)))
+            last.append(torch.arange(n, device=tokens.device) * t + (first + t - 1))
+            first += n * t
+        x, last = self.drop(torch.cat(xs)), torch.cat(last)
+        final = len(self.blocks) - 1
+        for layer, block in enumerate(self.blocks):
+            layer_chunks = [(n, t, *caches[layer], start, mask, causal) for n, t, caches, start, mask, causal in specs]
+            x = block.cached_chunks(x, layer_chunks, "last" if layer == final else "all", last)
+        return self._head(x)
+
+    def _extend_caches(self, tokens: torch.Tensor, start: int, k_cache, v_cache):
+        """Check an :meth:`extend` call and return its ``(keys, values)`` per layer."""
         N, T = tokens.shape
         end = start + T
         if T < 1 or start < 0:
@@ -477,13 +537,11 @@ class GPT(nn.Module):
             raise ValueError(f"GPT.extend: {T} positions from 0 are fewer than n_unmasked={self.config.n_unmasked}")
         if k_cache is None:
             self._require_cache(N, end)
-            caches = self._own_caches()
-        else:
-            if len(k_cache) != len(self.blocks) or len(v_cache) != len(self.blocks):
-                raise ValueError(f"GPT.extend: expected keys and values of {len(self.blocks)} layers")
-            self._check_cache(k_cache[0], N, end)
-            caches = zip(k_cache, v_cache)
-        return self._run(self.tok_emb(tokens), start, caches, logits)
+            return self._own_caches()
+        if len(k_cache) != len(self.blocks) or len(v_cache) != len(self.blocks):
+            raise ValueError(f"GPT.extend: expected keys and values of {len(self.blocks)} layers")
+        self._check_cache(k_cache[0], N, end)
+        return zip(k_cache, v_cache)
 
     @torch.no_grad()
     def decode_one(self, token: torch.Tensor, pos: int | torch.Tensor) -> torch.Tensor:
