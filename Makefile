@@ -7,6 +7,7 @@ demo:
 
 test:
 	@scripts/setup-venv.sh train,eval,test,app
+	.venv/bin/ruff check .
 	.venv/bin/python -m pytest -q $(ARGS)
 
 # Including the slow end-to-end runs.

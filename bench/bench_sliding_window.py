@@ -25,9 +25,9 @@ import sys
 import types
 
 import torch
-from bench_vqgan import _timed, machine
 
 import tamer.sliding_window as sw
+from bench_vqgan import _timed, machine
 from tamer import SamplingSettings, Transformer, TransformerConfig
 from tamer.config import from_dict
 
