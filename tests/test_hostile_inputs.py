@@ -410,6 +410,56 @@ def test_a_legacy_checkpoint_declaring_more_than_it_holds_is_refused_before_load
     assert "declare 64.0 MiB in a file of 0.0 MiB" in err
 
 
+def legacy_bomb(path: Path, declared_floats: int) -> Path:
+    """A legacy (pre-1.6) torch.save file of a few hundred bytes whose one tensor declares ``declared_floats``."""
+    import collections
+    import pickle
+
+    class Storage:  # pickled as a persistent id, the way torch's legacy saver writes a storage
+        pass
+
+    class Tensor:
+        def __reduce__(self):
+            return torch._utils._rebuild_tensor_v2, (STORAGE, 0, (declared_floats,), (1,), False,
+                                                     collections.OrderedDict())
+
+    STORAGE = Storage()
+
+    class Saver(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, "0", "cpu", declared_floats, None) if obj is STORAGE else None
+
+    with open(path, "wb") as file:
+        for header in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True,
+                                                       "type_sizes": {"short": 2, "int": 4, "long": 4}}):
+            pickle.dump(header, file, protocol=2)
+        Saver(file, protocol=2).dump({"state_dict": {"w": Tensor()}})
+        pickle.dump(["0"], file, protocol=2)
+    return path
+
+
+def test_a_checkpoint_bomb_is_refused_under_a_memory_limit(tmp_path):
+    """Run as a user would, under an address-space limit of 5 GiB: a 300-byte file declaring 8 GiB of weights is
+    refused by name instead of taking the memory (torch.load would allocate it before reading)."""
+    import resource
+    import subprocess
+    import sys
+
+    bomb = legacy_bomb(tmp_path / "last.ckpt", 2 << 30)
+    assert bomb.stat().st_size < 1000
+    limit = 5 << 30
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    result = subprocess.run([sys.executable, "-m", "tamer.cli", "convert", str(bomb), "--config", str(TAMING_YAML),
+                             "--out", str(tmp_path / "converted")], capture_output=True, text=True,
+                            preexec_fn=limited, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert f"{bomb}: refused, its tensors declare 8192.0 MiB" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "converted").exists()
+
+
 @pytest.mark.parametrize("content, message", [(b"", "empty file"), (os.urandom(4096), "not a readable"),
                                               (b"PK\x03\x04" + b"\0" * 100, "not a readable")])
 def test_junk_checkpoints_are_named(content, message, tmp_path, capsys):
