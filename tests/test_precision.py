@@ -244,9 +244,10 @@ def test_packed_bf16_products_equal_f_linear_and_leave_no_trace(monkeypatch):
         with gpt_module.weights_held_in(gpt, torch.bfloat16):
             layers = [m for m in gpt.modules() if isinstance(m, torch.nn.Linear)]
             assert all(hasattr(m, "packed_weight") for m in layers)
+            assert all(hasattr(block.attn, "packed_qkv") for block in gpt.blocks)  # q, k, v as one product
             gpt.setup_cache(3, 9)
             packed = torch.stack([gpt.prefill(idx[:, :5])] + [gpt.decode_one(idx[:, t], t) for t in range(5, 9)])
             monkeypatch.setattr(gpt_module, "SMALL_ROWS", 0)  # the same weights through F.linear
             plain = torch.stack([gpt.prefill(idx[:, :5])] + [gpt.decode_one(idx[:, t], t) for t in range(5, 9)])
     torch.testing.assert_close(packed.float(), plain.float(), atol=2e-2, rtol=2e-2)
-    assert not any(hasattr(m, "packed_weight") for m in gpt.modules())
+    assert not any(hasattr(m, "packed_weight") or hasattr(m, "packed_qkv") for m in gpt.modules())

@@ -152,26 +152,36 @@ def weights_held_in(gpt: nn.Module, dtype: torch.dtype | None):
     faster than autocast, which re-casts fp32 weights at every step. On the CPU the large bf16 weights are also packed
     for oneDNN (as inductor's freezing does), whose packed few-row product is faster than ``F.linear``'s: a 12×512
     GPT's 72 products at 4 rows took 5.5 instead of 7.9 ms (Intel Xeon with AMX, 2 threads, the same results);
-    in fp32 packing gained nothing (8.9 against 9.1 ms). Whole samplings: BENCHMARKS.md, GPT sampling.
+    in fp32 packing gained nothing (8.9 against 9.1 ms). Each attention layer's query, key and value weights are
+    also packed as one matrix (``packed_qkv``), one product instead of three: 256 tokens at batch 4 in 1.94 instead
+    of 2.08 s, the same tokens. Whole samplings: BENCHMARKS.md, GPT sampling.
     """
     if dtype is None or dtype is torch.float32:
         yield gpt
         return
     params = [p for p in gpt.parameters() if p.is_floating_point() and p.dtype != dtype]
     originals = [p.data for p in params]
-    packed: list[nn.Linear] = []
+    packed: list[tuple[nn.Module, str]] = []
     try:
         for p in params:
             p.data = p.data.to(dtype)
         if dtype is torch.bfloat16 and _can_pack_bf16():
-            for layer in gpt.modules():
-                if isinstance(layer, nn.Linear) and layer.weight.is_cpu and layer.weight.numel() >= SMALL_WEIGHT:
-                    layer.packed_weight = torch.ops.mkldnn._reorder_linear_weight(layer.weight, None)
-                    packed.append(layer)
+            pack = torch.ops.mkldnn._reorder_linear_weight
+            for module in gpt.modules():
+                if isinstance(module, nn.Linear) and module.weight.is_cpu and module.weight.numel() >= SMALL_WEIGHT:
+                    module.packed_weight = pack(module.weight, None)
+                    packed.append((module, "packed_weight"))
+            for module in gpt.modules():
+                if (isinstance(module, CausalSelfAttention) and hasattr(module.query, "packed_weight")
+                        and module.query.bias is not None):
+                    parts = (module.query, module.key, module.value)
+                    module.packed_qkv = (pack(torch.cat([part.weight for part in parts]), None),
+                                         torch.cat([part.bias for part in parts]))
+                    packed.append((module, "packed_qkv"))
         yield gpt
     finally:
-        for layer in packed:
-            del layer.packed_weight
+        for module, name in packed:
+            delattr(module, name)
         for p, original in zip(params, originals):
             p.data = original
 
@@ -225,6 +235,12 @@ class CausalSelfAttention(nn.Module):
         # Queries contiguous: from the transposed view of `linear`, SDPA on the CPU leaves its flash kernel for the
         # math one, which also scales the whole key cache (decode step of the 12×512 model at ~125 cached
         # positions, batch 4: 532 instead of 316 µs a layer).
+        packed = getattr(self, "packed_qkv", None)  # set by weights_held_in: one product for all three
+        if packed is not None and x.is_cpu and x.numel() // x.shape[-1] <= SMALL_ROWS:
+            weight, bias = packed
+            qkv = torch.ops.mkldnn._linear_pointwise(x.to(bias.dtype), weight, bias, "none", [], "")
+            q, k, v = qkv.split(x.shape[-1], dim=-1)
+            return self._heads(q.contiguous()), self._heads(k), self._heads(v)
         q = linear(x, self.query).contiguous()
         return self._heads(q), self._heads(linear(x, self.key)), self._heads(linear(x, self.value))
 
