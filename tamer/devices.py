@@ -17,8 +17,8 @@ import torch
 
 from .guards import PRECISIONS, InputError
 
-__all__ = ["PRECISIONS", "Precision", "autocast", "available_devices", "cpu_bf16_feature", "resolve_device",
-           "resolve_precision"]
+__all__ = ["PRECISIONS", "Precision", "autocast", "available_devices", "cpu_bf16_feature", "cpu_vendor",
+           "resolve_device", "resolve_precision"]
 
 
 def available_devices() -> list[str]:
@@ -70,16 +70,28 @@ class Precision:
         return self.name if self.reason == FORCED else f"{self.name} ({self.reason})"
 
 
-def _cpuinfo_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none: macOS, Windows)."""
+def _cpuinfo(field: str) -> str:
+    """The first CPU's ``field`` in /proc/cpuinfo (``flags``, ``vendor_id``), or "" where there is none (macOS,
+    Windows)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
             for line in info:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                name, _, value = line.partition(":")
+                if name.strip() == field:
+                    return value.strip()
     except OSError:
         pass
-    return set()
+    return ""
+
+
+def _cpuinfo_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    return set(_cpuinfo("flags").split())
+
+
+def cpu_vendor() -> str:
+    """``AuthenticAMD``, ``GenuineIntel``, ... from /proc/cpuinfo, or "" where it does not say."""
+    return _cpuinfo("vendor_id")
 
 
 def cpu_bf16_feature() -> str | None:

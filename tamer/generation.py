@@ -96,27 +96,26 @@ def sample_images(model: Transformer, request: SampleRequest, settings: Sampling
     precision = resolve_precision(request.precision, device)
     images, codes, seeds = [], [], []
     seed = request.seed
-    for condition, count in conditions_for(model, request, size):
-        for start in range(0, count, request.batch_size):
-            n = min(request.batch_size, count - start)
-            part = None if condition is None else condition[start:start + n]
-            bar = _progress(code_shape[0] * code_shape[1], f"samples {seed}..{seed + n - 1}", progress)
-            def on_token(k, so_far, bar=bar):
-                if bar:
-                    bar.update(1)
-                if callback is not None:
-                    callback(k, so_far)
+    with weights_held_in(model.transformer, precision.dtype):  # cast (and packed) once for all batches
+        for condition, count in conditions_for(model, request, size):
+            for start in range(0, count, request.batch_size):
+                n = min(request.batch_size, count - start)
+                part = None if condition is None else condition[start:start + n]
+                bar = _progress(code_shape[0] * code_shape[1], f"samples {seed}..{seed + n - 1}", progress)
+                def on_token(k, so_far, bar=bar):
+                    if bar:
+                        bar.update(1)
+                    if callback is not None:
+                        callback(k, so_far)
 
-            with autocast(device, precision):
-                with weights_held_in(model.transformer, precision.dtype):
-                    grid = model.sample_codes(part, n, settings, seed=seed, code_shape=code_shape,
-                                              callback=on_token)
-                if bar:
-                    bar.close()
-                codes.append(grid.cpu())
-                images.append(model.decode_codes(grid).float().cpu())
-            seeds.extend(range(seed, seed + n))
-            seed += n
+                with autocast(device, precision):
+                    grid = model.sample_codes(part, n, settings, seed=seed, code_shape=code_shape, callback=on_token)
+                    if bar:
+                        bar.close()
+                    codes.append(grid.cpu())
+                    images.append(model.decode_codes(grid).float().cpu())
+                seeds.extend(range(seed, seed + n))
+                seed += n
     return torch.cat(images), torch.cat(codes), seeds
 
 

@@ -245,6 +245,10 @@ def test_packed_bf16_products_equal_f_linear_and_leave_no_trace(monkeypatch):
             layers = [m for m in gpt.modules() if isinstance(m, torch.nn.Linear)]
             assert all(hasattr(m, "packed_weight") for m in layers)
             assert all(hasattr(block.attn, "packed_qkv") for block in gpt.blocks)  # q, k, v as one product
+            outer = [m.packed_weight for m in layers]
+            with gpt_module.weights_held_in(gpt, torch.bfloat16):  # nested (a batch inside a loop): nothing redone
+                assert all(m.packed_weight is w for m, w in zip(layers, outer))
+            assert all(m.packed_weight is w for m, w in zip(layers, outer))  # and the outer packing is kept
             gpt.setup_cache(3, 9)
             packed = torch.stack([gpt.prefill(idx[:, :5])] + [gpt.decode_one(idx[:, t], t) for t in range(5, 9)])
             monkeypatch.setattr(gpt_module, "SMALL_ROWS", 0)  # the same weights through F.linear

@@ -8,6 +8,7 @@ replaced by inert placeholders that only record their arguments. Any other globa
 
 from __future__ import annotations
 
+import mmap
 import pickle
 import zipfile
 from pathlib import Path
@@ -108,8 +109,6 @@ def check_legacy_sizes(path: Path) -> None:
     allocates each storage at its declared size before reading it, so a small file declaring gigabytes would take
     them (and a truncated one some). Files that are not legacy checkpoints are left to ``torch.load`` to name.
     """
-    import mmap
-
     size = path.stat().st_size
     try:
         with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as view:

@@ -68,24 +68,25 @@ def evaluate_likelihood(model: torch.nn.Module, dataset: Dataset, *, limit: int 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     total, tokens, images = 0.0, 0, 0
     per_image: list[torch.Tensor] = []
-    for batch in progress_bar(loader, desc="NLL", unit="batch", disable=not progress, dynamic_ncols=True):
-        if image_key not in batch:
-            raise KeyError(f"the data items have no {image_key!r} (keys: {sorted(batch)})")
-        pixels = batch[image_key].to(device)
-        if tuple(pixels.shape[-2:]) != (height, width):
-            raise ValueError(f"images are {pixels.shape[-2]}×{pixels.shape[-1]}, the model was trained on "
-                             f"{height}×{width}; evaluate at its training size (--size {height})")
-        condition = None
-        if conditioning.kind != "none":
-            if conditioning.key not in batch:
-                raise ValueError(f"the model is conditioned on {conditioning.key!r} ({conditioning.kind}), but the "
-                                 f"data items hold only {', '.join(sorted(batch))}")
-            condition = batch[conditioning.key].to(device)
-        nll = batch_token_nll(model, pixels, condition, chosen).double()
-        total += nll.sum().item()
-        tokens += nll.numel()
-        images += nll.shape[0]
-        per_image.append(nll.sum(1).cpu())
+    with weights_held_in(model.transformer, chosen.dtype):  # cast (and packed) once, not per batch
+        for batch in progress_bar(loader, desc="NLL", unit="batch", disable=not progress, dynamic_ncols=True):
+            if image_key not in batch:
+                raise KeyError(f"the data items have no {image_key!r} (keys: {sorted(batch)})")
+            pixels = batch[image_key].to(device)
+            if tuple(pixels.shape[-2:]) != (height, width):
+                raise ValueError(f"images are {pixels.shape[-2]}×{pixels.shape[-1]}, the model was trained on "
+                                 f"{height}×{width}; evaluate at its training size (--size {height})")
+            condition = None
+            if conditioning.kind != "none":
+                if conditioning.key not in batch:
+                    raise ValueError(f"the model is conditioned on {conditioning.key!r} ({conditioning.kind}), but the "
+                                     f"data items hold only {', '.join(sorted(batch))}")
+                condition = batch[conditioning.key].to(device)
+            nll = batch_token_nll(model, pixels, condition, chosen).double()
+            total += nll.sum().item()
+            tokens += nll.numel()
+            images += nll.shape[0]
+            per_image.append(nll.sum(1).cpu())
     if not images:
         raise ValueError("the dataset is empty")
     sums = torch.cat(per_image)

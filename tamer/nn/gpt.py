@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import checked_keywords
+from ..devices import cpu_vendor
 
 
 @checked_keywords
@@ -89,18 +90,10 @@ SMALL_ROWS = 32
 SMALL_WEIGHT = 1 << 18
 
 
-def _cpu_vendor() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
-            return next((line.split(":", 1)[1].strip() for line in info if line.startswith("vendor_id")), "")
-    except OSError:
-        return ""
-
-
 # MKL's few-row F.linear is slow on AMD CPUs, where the transposed form streams the weights twice as fast; on an
 # Intel Xeon (AMX, 2 threads) it is the other way round: a 12×512 decode step took 16.7 ms with F.linear and
 # 21.8 ms in the transposed form. So the form is taken on AMD only (BENCHMARKS.md, GPT sampling).
-TRANSPOSED_FORM = _cpu_vendor() == "AuthenticAMD"
+TRANSPOSED_FORM = cpu_vendor() == "AuthenticAMD"
 
 
 def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
@@ -155,6 +148,9 @@ def weights_held_in(gpt: nn.Module, dtype: torch.dtype | None):
     in fp32 packing gained nothing (8.9 against 9.1 ms). Each attention layer's query, key and value weights are
     also packed as one matrix (``packed_qkv``), one product instead of three: 256 tokens at batch 4 in 1.94 instead
     of 2.08 s, the same tokens. Whole samplings: BENCHMARKS.md, GPT sampling.
+
+    Nested use is cheap: parameters already in ``dtype`` and layers already packed are left as they are (a loop
+    over batches holds the weights once around it, and a per-batch call inside costs nothing).
     """
     if dtype is None or dtype is torch.float32:
         yield gpt
@@ -168,12 +164,13 @@ def weights_held_in(gpt: nn.Module, dtype: torch.dtype | None):
         if dtype is torch.bfloat16 and _can_pack_bf16():
             pack = torch.ops.mkldnn._reorder_linear_weight
             for module in gpt.modules():
-                if isinstance(module, nn.Linear) and module.weight.is_cpu and module.weight.numel() >= SMALL_WEIGHT:
+                if (isinstance(module, nn.Linear) and module.weight.is_cpu and module.weight.numel() >= SMALL_WEIGHT
+                        and not hasattr(module, "packed_weight")):
                     module.packed_weight = pack(module.weight, None)
                     packed.append((module, "packed_weight"))
             for module in gpt.modules():
                 if (isinstance(module, CausalSelfAttention) and hasattr(module.query, "packed_weight")
-                        and module.query.bias is not None):
+                        and module.query.bias is not None and not hasattr(module, "packed_qkv")):
                     parts = (module.query, module.key, module.value)
                     module.packed_qkv = (pack(torch.cat([part.weight for part in parts]), None),
                                          torch.cat([part.bias for part in parts]))

@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.transforms.functional import pil_to_tensor
 from torchvision.utils import make_grid
 
 from ..class_names import class_labels
@@ -198,7 +198,7 @@ class TransformerTask:
             names = class_labels(conditioning)
             picture = labelled_grid(samples, count, column_labels=[names[k] for k in labels.tolist()],
                                     scale=max(1, 128 // samples.shape[-1]))
-            return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1).float() / 127.5 - 1.0
+            return pil_to_tensor(picture).float() / 127.5 - 1.0
         rows = [samples if row is None else row for row in rows] or [samples]
         return make_grid(torch.cat(rows).float().cpu(), nrow=count, padding=2, pad_value=1.0)
 
