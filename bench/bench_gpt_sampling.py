@@ -4,7 +4,7 @@ sample_with_past(), same weights, same process, greedy decoding (so all three mu
     .venv/bin/python bench/bench_gpt_sampling.py [--new-tokens 256] [--batch 4] [--repeats 3] [--threads N]
         [--device cpu]
 
-tamer is timed through ``tamer.sampling.sample_tokens`` (the model-level sampler: prefill, then one-token
+tamer is timed through ``tamer.ar.sampling.sample_tokens`` (the model-level sampler: prefill, then one-token
 ``GPT.decode_one`` steps); ``tamer.nn.gpt.generate`` is checked for the same tokens, not timed.
 
 Configuration of the stage-2 issue: 12 layers, 8 heads, 512 wide, vocabulary 1024, one start token.
@@ -19,8 +19,8 @@ import types
 import torch
 
 from bench_vqgan import interleaved_medians, machine
+from tamer.ar.sampling import SamplingSettings, sample_tokens
 from tamer.nn.gpt import GPT, GPTConfig, generate, weights_held_in
-from tamer.sampling import SamplingSettings, sample_tokens
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Sliding-window sampling of a code grid larger than the training window: the original algorithm
 (``scripts/sample_conditional.py``: the original minGPT, a full forward over the whole window for every token)
-against ``tamer.sliding_window``, same weights, same process, greedy decoding (so both must choose the same tokens).
+against ``tamer.ar.sliding_window``, same weights, same process, greedy decoding (so both must choose the same tokens).
 
     .venv/bin/python bench/bench_sliding_window.py [--grid 32 32] [--batch 1] [--repeats 1]
         [--conditions none spatial] [--original-rows all|N] [--schedules wavefront raster] [--threads N]
@@ -26,7 +26,7 @@ import types
 
 import torch
 
-import tamer.sliding_window as sw
+import tamer.ar.sliding_window as sw
 from bench_vqgan import _timed, machine
 from tamer import SamplingSettings, Transformer, TransformerConfig
 from tamer.config import from_dict

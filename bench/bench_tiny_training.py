@@ -18,7 +18,7 @@ import torch
 from bench_vqgan import interleaved_medians, machine
 from tamer.nn.autoencoder import AutoencoderConfig
 from tamer.nn.quantize import QuantizerConfig
-from tamer.vqgan import VQGAN, VQGANConfig
+from tamer.vqgan.model import VQGAN, VQGANConfig
 
 
 def tiny_config(norm_groups: int) -> VQGANConfig:

@@ -19,7 +19,7 @@ import torch
 
 from tamer.devices import cpu_bf16_feature
 from tamer.nn.quantize import QuantizerConfig
-from tamer.vqgan import VQGAN, VQGANConfig
+from tamer.vqgan.model import VQGAN, VQGANConfig
 
 
 def original_modules(model: VQGAN):

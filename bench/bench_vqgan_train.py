@@ -20,9 +20,9 @@ import torch
 
 from bench_vqgan import interleaved_medians, machine, original_modules
 from tamer.devices import autocast, resolve_precision
-from tamer.losses import VQGANLoss, VQGANLossConfig
 from tamer.nn.quantize import QuantizerConfig
-from tamer.vqgan import VQGAN, VQGANConfig
+from tamer.vqgan.loss import VQGANLoss, VQGANLossConfig
+from tamer.vqgan.model import VQGAN, VQGANConfig
 
 
 def training_step(model: VQGAN, loss: VQGANLoss, images: torch.Tensor, precision: str = "fp32"):

@@ -21,7 +21,7 @@ from bench_vqgan import machine
 from tamer.data.procedural import ProceduralShapes
 from tamer.nn.autoencoder import AutoencoderConfig
 from tamer.nn.quantize import QuantizerConfig
-from tamer.vqgan import VQGAN, VQGANConfig
+from tamer.vqgan.model import VQGAN, VQGANConfig
 
 #: name -> (norm groups, learning rate, Adam betas, pixel loss, codes, EMA codebook)
 RECIPES = {

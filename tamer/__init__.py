@@ -1,12 +1,14 @@
-"""tamer: Taming Transformers (VQGAN + autoregressive transformer) in modern PyTorch."""
+"""tamer: Taming Transformers (VQGAN + autoregressive transformer) in modern PyTorch.
 
-__version__ = "0.1.0"
+The two stages are packages: :mod:`tamer.vqgan` (the image tokenizer) and :mod:`tamer.ar` (the transformer over
+its codes); :func:`load` reads either from a native folder or an original CompVis checkpoint.
+"""
 
-from .checkpoints import CheckpointError, load  # noqa: E402
-from .config import ConfigError  # noqa: E402
-from .sampling import SamplingSettings  # noqa: E402
-from .transformer import Transformer, TransformerConfig  # noqa: E402
-from .vqgan import VQGAN, VQGANConfig  # noqa: E402
+from tamer.ar import SamplingSettings, Transformer, TransformerConfig
+from tamer.errors import CheckpointError, ConfigError
+from tamer.loading import load
+from tamer.version import __version__
+from tamer.vqgan import VQGAN, VQGANConfig
 
 __all__ = ["VQGAN", "VQGANConfig", "Transformer", "TransformerConfig", "SamplingSettings", "load", "CheckpointError",
            "ConfigError", "__version__"]

@@ -10,13 +10,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import load
-from .devices import autocast, resolve_device, resolve_precision
-from .guards import InputError, check_count, check_model_pixels
-from .imageio import FitMode, fit_to_multiple, read_image, save_image  # noqa: F401  (save_image re-exported)
-from .metrics.image import psnr
-from .progress import progress_bar
-from .vqgan import VQGAN
+from tamer.devices import autocast, resolve_device, resolve_precision
+from tamer.guards import InputError, check_count, check_model_pixels
+from tamer.imageio import FitMode, fit_to_multiple, read_image, save_image  # noqa: F401  (save_image re-exported)
+from tamer.loading import load
+from tamer.metrics.image import psnr
+from tamer.progress import progress_bar
+from tamer.vqgan.model import VQGAN
 
 
 def load_model(path: str | Path, config: str | Path | None = None, device: str | torch.device = "auto"):

@@ -1,13 +1,13 @@
-"""Native checkpoints: a folder with ``config.json`` and ``model.safetensors`` (the huggingface_hub layout).
+"""The native checkpoint format: a folder with ``config.json`` and ``model.safetensors`` (the huggingface_hub layout).
 
-Writes are atomic (temporary file, then rename) and loading never unpickles anything. :func:`load` also accepts
-the original CompVis ``.ckpt`` files (see :mod:`tamer.compat.taming`).
+Writes are atomic (temporary file, then rename) and loading never unpickles anything. ``config.json`` names its
+class by ``model_type``; every :class:`Pretrained` subclass enters itself in :data:`MODEL_CLASSES` when it is
+defined, so this module never imports a model. :func:`tamer.loading.load` (above the models) reads any checkpoint.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,34 +16,18 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .config import ConfigError, from_dict, to_dict
+from tamer.atomic import atomic_write
+from tamer.config import ConfigError, from_dict, to_dict
+from tamer.errors import CheckpointError
+from tamer.version import __version__
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, malformed or unsafe; the message names the file."""
 
-
-def _umask() -> int:
-    mask = os.umask(0)  # the only portable way to read it is to set it
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(temporary_path)``, then move the result onto ``path`` in one step."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; a saved model should be as readable as any file
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+#: ``model_type`` -> class, filled by :class:`Pretrained` subclasses as they are defined
+MODEL_CLASSES: dict[str, type] = {}
 
 
 class Pretrained:
@@ -52,11 +36,14 @@ class Pretrained:
     model_type: str
     config_class: type
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "model_type" in cls.__dict__:  # subclasses of a model (test doubles, say) do not replace it
+            MODEL_CLASSES.setdefault(cls.model_type, cls)
+
     def save(self, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed)."""
         directory = Path(directory)
-        from . import __version__
-
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
         document = {"model_type": self.model_type, "tamer_version": __version__, "config": to_dict(self.config)}
@@ -75,10 +62,14 @@ class Pretrained:
             from huggingface_hub import snapshot_download
 
             path = Path(snapshot_download(str(name_or_path), allow_patterns=[CONFIG_NAME, WEIGHTS_NAME], **hub_kwargs))
-        model = load(path, map_location=map_location)
-        if not isinstance(model, cls):
-            raise CheckpointError(f"{path}: holds a {type(model).__name__}, not a {cls.__name__}")
-        return model
+        if path.is_file() and path.name == WEIGHTS_NAME:
+            path = path.parent
+        if not path.is_dir():
+            raise CheckpointError(f"{path}: not a tamer checkpoint folder (tamer.load reads CompVis .ckpt files)")
+        held = stored_model_type(path)
+        if held != cls.model_type:
+            raise CheckpointError(f"{path}: holds a {held}, not a {cls.model_type}")
+        return load_native(path, map_location=map_location)
 
     def push_to_hub(self, repo_id: str, **upload_kwargs) -> str:
         from huggingface_hub import create_repo, upload_folder
@@ -89,17 +80,7 @@ class Pretrained:
             return upload_folder(repo_id=repo_id, folder_path=tmp, **upload_kwargs)
 
 
-def model_classes() -> dict[str, type]:
-    from .metrics.shape_classifier import ShapeClassifier
-    from .metrics.shape_segmenter import ShapeSegmenter
-    from .transformer import Transformer
-    from .vqgan import VQGAN
-
-    return {cls.model_type: cls for cls in (VQGAN, Transformer, ShapeClassifier, ShapeSegmenter)}
-
-
-def read_config(directory: Path) -> tuple[type, Any, dict]:
-    """The model class, its typed config and the raw document of a native checkpoint folder."""
+def _read_document(directory: Path) -> dict:
     config_path = directory / CONFIG_NAME
     if not config_path.is_file():
         raise CheckpointError(f"{directory}: no {CONFIG_NAME} (not a tamer checkpoint folder)")
@@ -110,7 +91,19 @@ def read_config(directory: Path) -> tuple[type, Any, dict]:
     if not isinstance(document, dict):
         raise CheckpointError(f"{config_path}: expected a JSON object with model_type and config, got a "
                               f"{type(document).__name__}")
-    classes = model_classes()
+    return document
+
+
+def stored_model_type(directory: Path) -> str:
+    """The ``model_type`` a native checkpoint folder names (not checked against the known classes)."""
+    return str(_read_document(directory).get("model_type"))
+
+
+def read_config(directory: Path) -> tuple[type, Any, dict]:
+    """The model class, its typed config and the raw document of a native checkpoint folder."""
+    config_path = directory / CONFIG_NAME
+    document = _read_document(directory)
+    classes = MODEL_CLASSES
     model_type = document.get("model_type")
     if not isinstance(model_type, str) or model_type not in classes:
         raise CheckpointError(f"{config_path}: model_type {model_type!r} is not one of {sorted(classes)}")
@@ -190,24 +183,3 @@ def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor
 def _few(items: list[str], limit: int = 5) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
-
-
-def load(path: str | Path, config: str | Path | None = None, map_location: str | torch.device = "cpu",
-         code_shape: tuple[int, int] | None = None):
-    """Load any model tamer knows: a native folder (or its ``model.safetensors``), or a CompVis ``.ckpt``
-    with its ``project.yaml`` (``config``; found next to the usual ``checkpoints/`` folder when not given).
-
-    ``code_shape`` ``(h, w)``: the code grid of a CompVis transformer, which its project.yaml does not store
-    (inferred from ``block_size`` with a warning when not given). Native folders store their own."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file or folder")
-    if path.is_file() and path.name == WEIGHTS_NAME:
-        path = path.parent
-    if path.is_dir():
-        if code_shape is not None:
-            raise CheckpointError(f"{path}: code_shape is for CompVis transformer checkpoints; a folder stores its own")
-        return load_native(path, map_location)
-    from .compat.taming import load_taming_checkpoint
-
-    return load_taming_checkpoint(path, config, map_location=map_location, code_shape=code_shape)

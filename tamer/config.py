@@ -14,15 +14,11 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from tamer.errors import ConfigError, UnknownKeyError  # noqa: F401 (re-exported)
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A config key or value is wrong; the message names the key."""
-
-
-class UnknownKeyError(ConfigError, TypeError):
-    """A config dataclass built in Python was given a keyword it does not have (a TypeError, as Python's own)."""
 
 
 def unknown_key_message(key: str, known: list[str], where: str) -> str:

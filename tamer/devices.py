@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .guards import PRECISIONS, InputError
+from tamer.guards import PRECISIONS, InputError
 
 __all__ = ["PRECISIONS", "Precision", "autocast", "available_devices", "cpu_bf16_feature", "cpu_vendor",
            "resolve_device", "resolve_precision"]

@@ -13,6 +13,8 @@ import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from tamer.errors import InputError  # noqa: F401 (re-exported)
+
 #: The most pixels an image file may have to be decoded at all (8192×8192): a header claiming more is refused
 #: before its pixels are allocated, and a data folder skips the file like a corrupt one.
 MAX_IMAGE_PIXELS = 1 << 26
@@ -45,9 +47,6 @@ def _allow_in_pillow(pixels: int) -> None:
 
 _pixels_from_environment()
 
-
-class InputError(ValueError):
-    """An argument or file given to tamer is out of range, unsafe or would overwrite something; names the input."""
 
 
 # -- numbers ---------------------------------------------------------------------------------------------------

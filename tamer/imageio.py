@@ -10,14 +10,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .guards import InputError, check_image_pixels
+from tamer.errors import ImageError  # noqa: F401 (re-exported)
+from tamer.guards import InputError, check_image_pixels
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 FitMode = Literal["crop", "pad", "resize"]
 
-
-class ImageError(ValueError):
-    """A file is not a readable image; the message names it."""
 
 
 def open_image(path: str | Path) -> Image.Image:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
-from .imageio import to_uint8
+from tamer.imageio import to_uint8
 
 #: how much grids of small images are enlarged (nearest neighbour, so every pixel stays a crisp square)
 GRID_SCALE = 4

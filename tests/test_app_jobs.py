@@ -11,9 +11,9 @@ from PIL import Image
 from tamer.api import encode_images, read_images, reconstruct_images
 from tamer.app import jobs
 from tamer.app.labels import class_names, palette, segmentation_names
+from tamer.ar.generation import label_map_to_png
 from tamer.cli import main
 from tamer.data.procedural import SHAPES
-from tamer.generation import label_map_to_png
 from tamer.imageio import read_image
 from test_transformer import CLASS, SEG_STAGE, make_model
 

@@ -13,7 +13,7 @@ from tamer.imageio import read_image
 from tamer.metrics.image import psnr
 from tamer.nn.autoencoder import AutoencoderConfig
 from tamer.nn.quantize import QuantizerConfig
-from tamer.vqgan import VQGAN, VQGANConfig
+from tamer.vqgan.model import VQGAN, VQGANConfig
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from tamer.checkpoints import atomic_write
+from tamer.atomic import atomic_write
 from tamer.config import ConfigError, parse_overrides
 
 

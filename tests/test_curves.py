@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from tamer.cli import main
-from tamer.curves import _panels, plot_runs, read_metrics
+from tamer.train.curves import _panels, plot_runs, read_metrics
 
 
 def fake_run(folder, kind="vqgan", steps=300, best=None):

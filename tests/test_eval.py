@@ -30,7 +30,7 @@ from tamer.metrics import (
 from tamer.metrics.inception import INCEPTION_FILENAME, INCEPTION_NAME, MissingWeightsError
 from tamer.nn.autoencoder import AutoencoderConfig
 from tamer.nn.quantize import QuantizerConfig
-from tamer.vqgan import VQGAN, VQGANConfig
+from tamer.vqgan.model import VQGAN, VQGANConfig
 
 SIZE, COUNT = 32, 6
 
@@ -297,8 +297,8 @@ def test_recon_command_end_to_end_agrees_with_the_image_metrics(model_dir, incep
 
 
 def test_validation_during_training_reports_what_eval_recon_reports(model_dir):
-    from tamer.losses import VQGANLoss, VQGANLossConfig
     from tamer.train.vqgan_task import VQGANTask
+    from tamer.vqgan.loss import VQGANLoss, VQGANLossConfig
 
     model = VQGAN.from_pretrained(model_dir).eval()
     dataset = ProceduralShapes(size=SIZE, length=6, seed=5)

@@ -24,8 +24,8 @@ from tamer.compat.safe_load import UnsafeCheckpointError, load_plain
 from tamer.imageio import ImageError, read_image
 from tamer.nn.autoencoder import AutoencoderConfig
 from tamer.nn.quantize import QuantizerConfig
-from tamer.train import checkpointing as ckpt
-from tamer.vqgan import VQGAN, VQGANConfig
+from tamer.train import resume as ckpt
+from tamer.vqgan.model import VQGAN, VQGANConfig
 from test_transformer import CLASS, make_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,7 +132,7 @@ def test_numbers_out_of_range_are_refused_by_name(argv, option, models, inputs, 
 
 
 def test_non_finite_sampling_settings_are_refused_in_the_library():
-    from tamer.sampling import SamplingSettings
+    from tamer.ar.sampling import SamplingSettings
 
     for key in ("temperature", "cfg_scale", "top_p"):
         with pytest.raises(ValueError, match=f"{key}: must be a finite number"):

@@ -8,8 +8,8 @@ import torch
 
 import tamer
 from tamer import Transformer, TransformerConfig, VQGANConfig
+from tamer.ar.conditioning import ConditioningConfig
 from tamer.cli import main as cli
-from tamer.conditioning import ConditioningConfig
 from tamer.data import ProceduralShapes
 from tamer.metrics.likelihood import bits_per_dim, evaluate_likelihood, nats_to_bits
 from tamer.nn.autoencoder import AutoencoderConfig

@@ -27,15 +27,6 @@ from taming.modules.losses.vqperceptual import vanilla_d_loss as original_vanill
 
 from oracle import quiet  # noqa: E402
 from tamer.config import ConfigError, from_dict  # noqa: E402
-from tamer.losses import (  # noqa: E402
-    NonFiniteLossError,
-    VQGANLoss,
-    VQGANLossConfig,
-    adaptive_weight,
-    check_finite,
-    hinge_d_loss,
-    vanilla_d_loss,
-)
 from tamer.nn.discriminator import NLayerDiscriminator  # noqa: E402
 from tamer.nn.perceptual import (  # noqa: E402
     VGG16_FILENAME,
@@ -44,6 +35,15 @@ from tamer.nn.perceptual import (  # noqa: E402
     lpips_from_compvis,
     lpips_heads_path,
     lpips_unavailable_reason,
+)
+from tamer.vqgan.loss import (  # noqa: E402
+    NonFiniteLossError,
+    VQGANLoss,
+    VQGANLossConfig,
+    adaptive_weight,
+    check_finite,
+    hinge_d_loss,
+    vanilla_d_loss,
 )
 
 

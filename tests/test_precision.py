@@ -11,7 +11,7 @@ from tamer.devices import resolve_precision
 from tamer.guards import InputError
 from tamer.nn.autoencoder import AutoencoderConfig
 from tamer.nn.quantize import QuantizerConfig
-from tamer.vqgan import VQGAN, VQGANConfig
+from tamer.vqgan.model import VQGAN, VQGANConfig
 
 
 @pytest.fixture
@@ -204,8 +204,8 @@ def test_loader_workers_follow_the_cores(monkeypatch, capsys):
 
 
 def test_weights_held_in_bf16_for_the_block_and_the_originals_put_back():
+    from tamer.ar.sampling import SamplingSettings, sample_tokens
     from tamer.nn.gpt import GPT, GPTConfig, generate, weights_held_in
-    from tamer.sampling import SamplingSettings, sample_tokens
 
     torch.manual_seed(0)
     gpt = GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32)).eval()

@@ -13,14 +13,14 @@ import torch
 from safetensors.torch import load_file
 
 import tamer
+from tamer.ar.sampling import SamplingSettings
 from tamer.config import ConfigError, from_dict, to_dict
 from tamer.nn.autoencoder import AutoencoderConfig
 from tamer.nn.quantize import QuantizerConfig, build_quantizer
-from tamer.sampling import SamplingSettings
 from tamer.train.transformer_run import load_run_config as load_transformer_config
 from tamer.train.transformer_run import train_transformer
 from tamer.train.vqgan_run import load_run_config, train_vqgan
-from tamer.vqgan import VQGAN, VQGANConfig
+from tamer.vqgan.model import VQGAN, VQGANConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = AutoencoderConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), z_channels=8, resolution=16)
@@ -203,7 +203,7 @@ def test_lfq_entropy_through_the_trainer_under_torchrun_matches_one_process(tmp_
 @torch.no_grad()
 def test_sliding_window_over_a_residual_stage_moves_by_whole_positions():
     from tamer import Transformer, TransformerConfig
-    from tamer.sliding_window import sample_sliding_window, window_offset
+    from tamer.ar.sliding_window import sample_sliding_window, window_offset
 
     depth, window, shape = 2, (4, 8), (6, 12)  # 4×4 positions of 2 codes, sampled on a 6×6-position grid
     first_stage = {"autoencoder": {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [],

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tamer.ar.generation import label_map_to_png
 from tamer.cli import main
-from tamer.generation import label_map_to_png
 from test_transformer import CLASS, SEG_STAGE, make_model
 
 

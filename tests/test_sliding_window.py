@@ -5,11 +5,11 @@ import pytest
 import torch
 from taming.modules.transformer import mingpt  # needs the `transformers` stub of conftest.py
 
-import tamer.sliding_window as sw
+import tamer.ar.sliding_window as sw
 from tamer import SamplingSettings, Transformer, TransformerConfig
+from tamer.ar.sampling import guide
+from tamer.ar.sliding_window import sample_sliding_window, window_offset
 from tamer.config import from_dict
-from tamer.sampling import guide
-from tamer.sliding_window import sample_sliding_window, window_offset
 
 AE = dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], resolution=16, z_channels=8,
           in_channels=3, out_ch=3)

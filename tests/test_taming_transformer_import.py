@@ -15,11 +15,11 @@ import yaml
 
 import tamer
 from oracle import quiet
+from tamer.ar.sampling import SamplingSettings
 from tamer.checkpoints import CheckpointError
 from tamer.cli import main as cli
 from tamer.compat.taming_transformer import transformer_config_from_taming
 from tamer.config import ConfigError
-from tamer.sampling import SamplingSettings
 from test_taming_import import write_lightning_ckpt
 
 CONFIGS = Path(__file__).parent / "data" / "taming"

@@ -106,7 +106,7 @@ def test_nan_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, mo
     config = load_run_config(ROOT / "configs/vqgan_tiny_cpu.yaml",
                              MICRO + ["train.steps=6", "train.checkpoint_every=2", "loss.disc_start=100",
                                       "loss.disc_warmup_steps=0"])
-    from tamer.losses import VQGANLoss
+    from tamer.vqgan.loss import VQGANLoss
 
     original = VQGANLoss.generator_loss
     calls = {"n": 0}

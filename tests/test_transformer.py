@@ -8,9 +8,9 @@ from taming.modules.transformer import permuter as original_permuter
 
 import tamer
 from tamer import SamplingSettings, Transformer, TransformerConfig
+from tamer.ar.sampling import draw, hashed_uniform
+from tamer.ar.token_order import TokenOrder, order_indices
 from tamer.config import ConfigError, from_dict
-from tamer.sampling import draw, hashed_uniform
-from tamer.token_order import TokenOrder, order_indices
 
 AE = dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], resolution=16, z_channels=8,
           in_channels=3, out_ch=3)
@@ -251,7 +251,8 @@ def test_coordinate_tokens_match_the_original_coord_stage():
     _, _, (_, _, expected) = CoordStage(7, 2).encode(coords)
     assert torch.equal(model.condition_tokens(coords, 3), expected[:, 0] + 32)
     expected_map = (np.arange(7 * 5).reshape(7, 5) / 35)[2:6, 1:3]
-    np.testing.assert_allclose(tamer.conditioning.coordinate_map(4, 2, top=2, left=1, full_height=7, full_width=5)[0],
-                               expected_map, rtol=1e-6)
-    full = tamer.conditioning.coordinate_map(16, 16)[None]
+    coordinate_map = tamer.ar.conditioning.coordinate_map
+    np.testing.assert_allclose(coordinate_map(4, 2, top=2, left=1, full_height=7, full_width=5)[0], expected_map,
+                               rtol=1e-6)
+    full = coordinate_map(16, 16)[None]
     assert int(model.condition_tokens(full, 1).max()) <= 32 + 6

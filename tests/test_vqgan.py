@@ -10,7 +10,7 @@ from tamer.checkpoints import CheckpointError
 from tamer.config import ConfigError, from_dict, to_dict
 from tamer.nn.autoencoder import AutoencoderConfig
 from tamer.nn.quantize import QuantizerConfig, build_quantizer
-from tamer.vqgan import VQGAN, VQGANConfig
+from tamer.vqgan.model import VQGAN, VQGANConfig
 
 TINY = AutoencoderConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,), z_channels=8,
                          resolution=32)

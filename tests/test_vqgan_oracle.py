@@ -7,7 +7,7 @@ from taming.modules.vqvae.quantize import GumbelQuantize, VectorQuantizer2
 from oracle import load_part, original_autoencoder, quiet
 from tamer.nn.autoencoder import AutoencoderConfig
 from tamer.nn.quantize import QuantizerConfig, build_quantizer
-from tamer.vqgan import VQGAN, VQGANConfig
+from tamer.vqgan.model import VQGAN, VQGANConfig
 
 # The architectures of the released models (only the input size is reduced to keep the test quick).
 F16_IMAGENET = AutoencoderConfig(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,),

@@ -26,8 +26,8 @@ def serve(model_paths: Sequence[str], host: str = "127.0.0.1", port: int = 7860,
         import gradio  # noqa: F401
     except ImportError:
         raise ValueError("the web app needs Gradio: pip install 'tamer-vq[app]'") from None
-    from ..api import load_model
-    from .page import CSS, ServedModel, build_page
+    from tamer.api import load_model
+    from tamer.app.page import CSS, ServedModel, build_page
 
     names = _tab_names(model_paths)
     models = [ServedModel(name, str(path), load_model(path, device=device)) for name, path in zip(names, model_paths)]

@@ -2,7 +2,7 @@
 
 Each job writes into a folder of its own and returns what the page shows. Bad input raises ``ValueError``
 (``ImageError`` is one) with a message that names the problem, before any model runs where it can; the page shows
-the message and keeps serving. Sampling goes through :func:`tamer.generation.sample_to_folder`, the code path of
+the message and keeps serving. Sampling goes through :func:`tamer.ar.generation.sample_to_folder`, the code path of
 ``tamer sample``, so a seed gives the page the same pixels as the command line.
 """
 
@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..api import encode_images, read_images, reconstruct_images, resize_shorter_side, save_codes
-from ..generation import SampleRequest, conditions_for, label_map_to_png, read_condition_map, sample_to_folder
-from ..imageio import read_image, save_image, to_uint8
-from ..sampling import SamplingSettings
-from ..transformer import Transformer
-from ..vqgan import VQGAN
-from .labels import palette
+from tamer.api import encode_images, read_images, reconstruct_images, resize_shorter_side, save_codes
+from tamer.app.labels import palette
+from tamer.ar.generation import SampleRequest, conditions_for, label_map_to_png, read_condition_map, sample_to_folder
+from tamer.ar.model import Transformer
+from tamer.ar.sampling import SamplingSettings
+from tamer.imageio import read_image, save_image, to_uint8
+from tamer.vqgan.model import VQGAN
 
 #: ``show(images, tokens_done, tokens_total)``: a live preview, ``H×W×3`` uint8 per sample.
 Show = Callable[[list[np.ndarray], int, int], None]

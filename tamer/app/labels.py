@@ -12,7 +12,7 @@ import colorsys
 import json
 from pathlib import Path
 
-from ..data.procedural import SHAPES
+from tamer.data.procedural import SHAPES
 
 # Distinct colours for the first labels (background first), then evenly spaced hues.
 _FIRST_COLOURS = ["#000000", "#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6",

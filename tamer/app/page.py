@@ -20,10 +20,10 @@ import gradio as gr
 import numpy as np
 import torch
 
-from ..transformer import Transformer
-from ..vqgan import VQGAN
-from . import jobs
-from .labels import class_names, hex_colour, palette, segmentation_names
+from tamer.app import jobs
+from tamer.app.labels import class_names, hex_colour, palette, segmentation_names
+from tamer.ar.model import Transformer
+from tamer.vqgan.model import VQGAN
 
 log = logging.getLogger(__name__)
 

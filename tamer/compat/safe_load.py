@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from ..checkpoints import CheckpointError
+from tamer.checkpoints import CheckpointError
+from tamer.errors import UnsafeCheckpointError  # noqa: F401 (re-exported)
 
 # Names that only describe training state; a placeholder stands in for each, and none of their code runs.
 INERT_PREFIXES = ("pytorch_lightning.", "lightning.", "lightning_fabric.", "omegaconf.", "taming.", "typing.",
@@ -24,9 +25,6 @@ INERT_PREFIXES = ("pytorch_lightning.", "lightning.", "lightning_fabric.", "omeg
 INERT_BUILTINS = {f"builtins.{name}" for name in
                   ("dict", "list", "tuple", "set", "frozenset", "int", "float", "str", "bool", "bytes", "object")}
 
-
-class UnsafeCheckpointError(CheckpointError, pickle.UnpicklingError):
-    """The file references code that would run on unpickling; nothing from it was executed."""
 
 
 class Placeholder:

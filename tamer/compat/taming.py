@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 
-from ..checkpoints import CheckpointError, build_checked, load_state_dict_strict
-from ..config import ConfigError, from_dict, read_yaml
-from ..nn.autoencoder import AutoencoderConfig
-from ..nn.quantize import QuantizerConfig
-from ..vqgan import VQGAN, VQGANConfig
-from .safe_load import safe_torch_load
+from tamer.checkpoints import CheckpointError, build_checked, load_state_dict_strict
+from tamer.compat.safe_load import safe_torch_load
+from tamer.config import ConfigError, from_dict
+from tamer.nn.autoencoder import AutoencoderConfig
+from tamer.nn.quantize import QuantizerConfig
+from tamer.vqgan.model import VQGAN, VQGANConfig
 
 VQ_TARGETS = {
     "taming.models.vqgan.VQModel": "vq",
@@ -102,43 +102,15 @@ def submodule_state(state: dict[str, torch.Tensor], prefix: str, drop: tuple[str
             if k.startswith(prefix) and not k[len(prefix):].startswith(drop)}
 
 
-def load_taming_checkpoint(path: str | Path, config: str | Path | None = None,
-                           map_location: str | torch.device = "cpu",
-                           code_shape: tuple[int, int] | None = None) -> torch.nn.Module:
-    """A CompVis checkpoint as a tamer model (weights checked key by key): a :class:`VQGAN` for the VQGAN
-    classes, a :class:`~tamer.Transformer` for ``Net2NetTransformer``.
-
-    ``code_shape`` (transformers only): the code grid the model was trained on, which the project.yaml does not
-    store; when not given it is read from the permuter, else inferred from ``block_size`` with a warning (see
-    :mod:`tamer.compat.taming_transformer`).
-    """
-    path = Path(path)
-    if config is None:
-        config = find_project_yaml(path)
-        if config is None:
-            raise CheckpointError(f"{path}: no project.yaml found beside it; pass config=PATH (--config on the CLI)")
-    document = read_yaml(config)
-    if "model" not in document:
-        raise ConfigError(f"{config}: no 'model' section (is this a taming project.yaml?)")
-    state = read_taming_checkpoint(path)
-    target = document["model"].get("target")
-    # Imported here: the stage-2 importer builds on this module's helpers.
-    from .taming_transformer import NET2NET_TARGET, load_net2net
-
-    if target == NET2NET_TARGET:
-        return load_net2net(document, state, str(path), str(config), code_shape).to(map_location).eval()
-    if code_shape is not None:
-        raise ConfigError(f"code_shape: only a transformer checkpoint takes it; {config} describes a {target!r}")
-    if target in VQ_TARGETS:
-        config = vqgan_config_from_taming(document["model"], state)
-        weights = submodule_state(state, "", drop=("loss.",))
-        shapes = {k: tuple(v.shape) for k, v in weights.items()}
-        if config.colorize_nlabels is not None and "colorize" not in weights:
-            shapes["colorize"] = (3, config.colorize_nlabels, 1, 1)
-        model = build_checked(VQGAN, config, shapes, source=str(path))  # before a wrong yaml builds gigabytes
-        if config.colorize_nlabels is not None and "colorize" not in weights:
-            weights["colorize"] = model.colorize  # older files did not save the random projection
-        load_state_dict_strict(model, weights, source=str(path))
-        return model.to(map_location).eval()
-    raise ConfigError(f"{config}: model.target {target!r} cannot be imported; supported: "
-                      f"{', '.join([*VQ_TARGETS, NET2NET_TARGET])}")
+def load_taming_vqgan(document: dict, state: dict[str, torch.Tensor], path: str) -> VQGAN:
+    """One of the original's VQGAN classes (``VQ_TARGETS``) as a :class:`VQGAN`, its weights checked key by key."""
+    config = vqgan_config_from_taming(document["model"], state)
+    weights = submodule_state(state, "", drop=("loss.",))
+    shapes = {k: tuple(v.shape) for k, v in weights.items()}
+    if config.colorize_nlabels is not None and "colorize" not in weights:
+        shapes["colorize"] = (3, config.colorize_nlabels, 1, 1)
+    model = build_checked(VQGAN, config, shapes, source=path)  # before a wrong yaml builds gigabytes
+    if config.colorize_nlabels is not None and "colorize" not in weights:
+        weights["colorize"] = model.colorize  # older files did not save the random projection
+    load_state_dict_strict(model, weights, source=path)
+    return model

@@ -18,14 +18,14 @@ from typing import Any
 
 import torch
 
-from ..checkpoints import CheckpointError, check_shapes, load_state_dict_strict
-from ..conditioning import ConditioningConfig
-from ..config import ConfigError, from_dict
-from ..nn.gpt import GPTConfig
-from ..token_order import order_indices
-from ..transformer import Transformer, TransformerConfig
-from ..vqgan import VQGANConfig
-from .taming import VQ_TARGETS, check_params, submodule_state, vqgan_config_from_taming
+from tamer.ar.conditioning import ConditioningConfig
+from tamer.ar.model import Transformer, TransformerConfig
+from tamer.ar.token_order import order_indices
+from tamer.checkpoints import CheckpointError, check_shapes, load_state_dict_strict
+from tamer.compat.taming import VQ_TARGETS, check_params, submodule_state, vqgan_config_from_taming
+from tamer.config import ConfigError, from_dict
+from tamer.nn.gpt import GPTConfig
+from tamer.vqgan.model import VQGANConfig
 
 NET2NET_TARGET = "taming.models.cond_transformer.Net2NetTransformer"
 GPT_TARGET = "taming.modules.transformer.mingpt.GPT"

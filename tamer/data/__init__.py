@@ -2,10 +2,10 @@
 (drawn scenes with labels, segmentation, depth and edges; no download). Every item is a dict of tensors with
 ``"image"`` as ``3×H×W`` in [-1, 1]; unreadable files are skipped, counted in ``dataset.skipped`` and logged once."""
 
-from .factory import DataConfig, build_dataset
-from .files import FileDataset, Record, read_label_map
-from .folders import ClassFolder, ImageFileList, ImageFolder, SegmentationPairs
-from .procedural import (
+from tamer.data.factory import DataConfig, build_dataset
+from tamer.data.files import FileDataset, Record, read_label_map
+from tamer.data.folders import ClassFolder, ImageFileList, ImageFolder, SegmentationPairs
+from tamer.data.procedural import (
                          NUM_SEGMENTATION_LABELS,
                          SHAPES,
                          TEXTURES,
@@ -15,7 +15,7 @@ from .procedural import (
                          render_scene,
                          write_procedural_dataset,
 )
-from .transforms import ImageTransform
+from tamer.data.transforms import ImageTransform
 
 __all__ = [
     "DataConfig", "build_dataset",

@@ -26,9 +26,9 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..checkpoints import atomic_write
-from ..progress import progress_bar
-from .files import FileDataset
+from tamer.atomic import atomic_write
+from tamer.data.files import FileDataset
+from tamer.progress import progress_bar
 
 #: bump when the layout of the file changes, so old caches are rebuilt
 CODES_FORMAT = 1

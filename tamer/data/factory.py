@@ -9,10 +9,10 @@ from typing import Literal
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..config import checked_keywords, from_dict
-from .folders import ClassFolder, ImageFileList, ImageFolder, SegmentationPairs
-from .procedural import SHAPES, ProceduralShapes
-from .transforms import ImageTransform
+from tamer.config import checked_keywords, from_dict
+from tamer.data.folders import ClassFolder, ImageFileList, ImageFolder, SegmentationPairs
+from tamer.data.procedural import SHAPES, ProceduralShapes
+from tamer.data.transforms import ImageTransform
 
 DataKind = Literal["folder", "filelist", "classes", "pairs", "procedural"]
 

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..imageio import ImageError, open_image, read_image
-from ..progress import progress_bar
+from tamer.imageio import ImageError, open_image, read_image
+from tamer.progress import progress_bar
 
 log = logging.getLogger(__name__)
 

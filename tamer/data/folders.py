@@ -10,8 +10,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from ..imageio import IMAGE_SUFFIXES, list_images
-from .files import FileDataset, Record, Sample
+from tamer.data.files import FileDataset, Record, Sample
+from tamer.imageio import IMAGE_SUFFIXES, list_images
 
 log = logging.getLogger(__name__)
 

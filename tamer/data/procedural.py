@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..imageio import save_image
-from ..progress import progress_bar
+from tamer.imageio import save_image
+from tamer.progress import progress_bar
 
 SHAPES = ("circle", "square", "triangle", "star", "ring", "hexagon", "cross", "ellipse", "crescent", "bars")
 TEXTURES = ("solid", "gradient", "stripes", "checkers", "noise")

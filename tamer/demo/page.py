@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from ..data.procedural import SHAPES
-from ..report import Section, colour_labels, labelled_grid, write_report
+from tamer.data.procedural import SHAPES
+from tamer.report import Section, colour_labels, labelled_grid, write_report
 
 
 def write_page(out: Path, results: dict, quick: bool, real: torch.Tensor, reconstructions: torch.Tensor,

@@ -18,12 +18,15 @@ from pathlib import Path
 
 import torch
 
-from ..data.procedural import ProceduralShapes
-from ..devices import resolve_device
-from ..metrics.shape_classifier import judge_class_samples, render_training_scenes, train_shape_classifier
-from ..metrics.shape_segmenter import judge_segmentation_samples, train_shape_segmenter
-from ..presets import preset_path
-from .page import print_summary, write_page
+from tamer.data.procedural import ProceduralShapes
+from tamer.demo.page import print_summary, write_page
+from tamer.devices import resolve_device
+from tamer.loading import load
+from tamer.metrics import evaluate_reconstructions
+from tamer.metrics.likelihood import evaluate_likelihood
+from tamer.metrics.shape_classifier import judge_class_samples, render_training_scenes, train_shape_classifier
+from tamer.metrics.shape_segmenter import judge_segmentation_samples, train_shape_segmenter
+from tamer.presets import preset_path
 
 
 @dataclass
@@ -79,11 +82,11 @@ def _train_stage(kind: str, preset: str, out: Path, overrides: list[str]) -> Pat
         print(f"[demo] {out / 'model'} exists; reusing it (delete {out} to retrain)")
         return out / "model"
     if kind == "vqgan":
-        from ..train.vqgan_run import load_run_config
-        from ..train.vqgan_run import train_vqgan as train
+        from tamer.train.vqgan_run import load_run_config
+        from tamer.train.vqgan_run import train_vqgan as train
     else:
-        from ..train.transformer_run import load_run_config
-        from ..train.transformer_run import train_transformer as train
+        from tamer.train.transformer_run import load_run_config
+        from tamer.train.transformer_run import train_transformer as train
     config = load_run_config(preset_path(preset), overrides)
     resume = (out / "checkpoints").is_dir()
     train(config, out, resume=resume)
@@ -116,10 +119,6 @@ def mosaic(scenes: dict[str, torch.Tensor], first: int = 0) -> dict[str, torch.T
 
 def run_demo(out: str | Path = "demo-output", quick: bool = False, device: str = "auto",
              plan: DemoPlan | None = None) -> dict:
-    from .. import load
-    from ..metrics import evaluate_reconstructions
-    from ..metrics.likelihood import evaluate_likelihood
-
     plan = plan or (QUICK if quick else DemoPlan())
     out = Path(out)
     runs = out / "runs"

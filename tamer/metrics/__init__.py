@@ -9,9 +9,16 @@
 - :mod:`.rejection`: classifier rejection sampling (keep the top fraction, report the acceptance rate).
 """
 
-from .codebook import codebook_statistics, count_codes
-from .features import FeatureNetwork, StandInFeatures, extract_features, metric_name, to_uint8, torchvision_stand_in
-from .fid import (
+from tamer.metrics.codebook import codebook_statistics, count_codes
+from tamer.metrics.features import (
+                  FeatureNetwork,
+                  StandInFeatures,
+                  extract_features,
+                  metric_name,
+                  to_uint8,
+                  torchvision_stand_in,
+)
+from tamer.metrics.fid import (
                   GaussianStatistics,
                   feature_statistics,
                   frechet_distance,
@@ -19,13 +26,18 @@ from .fid import (
                   kernel_distance,
                   precision_recall,
 )
-from .image import psnr, ssim
-from .inception import InceptionFeatures, MissingWeightsError, default_inception_path, inception_unavailable_reason
-from .reconstruction import evaluate_reconstructions
-from .reference import ReferenceStatistics
-from .rejection import Rejection, classifier_scores, reject
-from .results import EvalResult
-from .samples import compute_reference, evaluate_samples
+from tamer.metrics.image import psnr, ssim
+from tamer.metrics.inception import (
+                  InceptionFeatures,
+                  MissingWeightsError,
+                  default_inception_path,
+                  inception_unavailable_reason,
+)
+from tamer.metrics.reconstruction import evaluate_reconstructions
+from tamer.metrics.reference import ReferenceStatistics
+from tamer.metrics.rejection import Rejection, classifier_scores, reject
+from tamer.metrics.results import EvalResult
+from tamer.metrics.samples import compute_reference, evaluate_samples
 
 __all__ = [
     "psnr", "ssim", "codebook_statistics", "count_codes",

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .features import FeatureNetwork, metric_name
-from .fid import (
+from tamer.metrics.features import FeatureNetwork, metric_name
+from tamer.metrics.fid import (
     IS_SPLITS,
     KID_SUBSETS,
     PR_NEIGHBORHOOD,
@@ -22,8 +22,8 @@ from .fid import (
     kid_subset_size,
     precision_recall,
 )
-from .inception import InceptionFeatures, inception_unavailable_reason
-from .reference import ReferenceStatistics
+from tamer.metrics.inception import InceptionFeatures, inception_unavailable_reason
+from tamer.metrics.reference import ReferenceStatistics
 
 #: below this many images FID-like numbers are noticeably biased upward; published numbers use 50,000
 SMALL_SET = 10_000

@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..progress import progress_bar
+from tamer.compat.safe_load import safe_torch_load
+from tamer.errors import MissingWeightsError
+from tamer.progress import progress_bar
 
 DistributionMetric = Literal["FD", "KD", "IS", "precision", "recall"]
 _INCEPTION_NAMES = {"FD": "FID", "KD": "KID", "IS": "IS", "precision": "precision", "recall": "recall"}
@@ -122,9 +124,6 @@ def torchvision_stand_in(arch: str, weights_path: str | Path | None = None, size
     architecture's default weights in ``torch.hub.get_dir()/checkpoints``; nothing downloads.
     """
     import torchvision
-
-    from ..compat.safe_load import safe_torch_load
-    from .inception import MissingWeightsError
 
     try:
         model = torchvision.models.get_model(arch, weights=None)

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import CheckpointError
-from ..compat.safe_load import safe_torch_load
-from .features import FeatureNetwork
+from tamer.checkpoints import CheckpointError
+from tamer.compat.safe_load import safe_torch_load
+from tamer.errors import MissingWeightsError  # noqa: F401 (re-exported)
+from tamer.metrics.features import FeatureNetwork
 
 INCEPTION_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILENAME}"
@@ -33,9 +34,6 @@ INCEPTION_NAME = "inception-v3-compat"
 #: the layers used: 2048-d pool features (FID, KID, precision/recall) and logits without bias (IS)
 POOL_LAYER, LOGITS_LAYER = "2048", "logits_unbiased"
 
-
-class MissingWeightsError(FileNotFoundError):
-    """A pretrained weights file is not where it was looked for; the message says how to provide it."""
 
 
 def default_inception_path() -> Path:

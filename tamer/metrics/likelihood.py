@@ -18,10 +18,10 @@ import math
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..devices import FORCED, Precision, autocast, resolve_precision
-from ..nn.gpt import weights_held_in
-from ..progress import progress_bar
-from .results import EvalResult, library_versions
+from tamer.devices import FORCED, Precision, autocast, resolve_precision
+from tamer.metrics.results import EvalResult, library_versions
+from tamer.nn.gpt import weights_held_in
+from tamer.progress import progress_bar
 
 LN2 = math.log(2.0)
 
@@ -51,7 +51,7 @@ def batch_token_nll(model: torch.nn.Module, images: torch.Tensor, condition=None
 def evaluate_likelihood(model: torch.nn.Module, dataset: Dataset, *, limit: int | None = None, batch_size: int = 16,
                         num_workers: int = 0, image_key: str = "image", data_protocol: dict | None = None,
                         progress: bool = True, precision: str = "fp32") -> EvalResult:
-    """Held-out NLL of ``model`` (a :class:`~tamer.transformer.Transformer`, on its device) over ``dataset``
+    """Held-out NLL of ``model`` (a :class:`~tamer.ar.model.Transformer`, on its device) over ``dataset``
     (its first ``limit`` items). Items hold ``image_key`` and, for a conditional model, its condition's key.
     ``precision`` is the model's autocast (``auto``: bf16 where it is fast); the protocol records the one resolved."""
     if not (hasattr(model, "token_nll") and hasattr(model, "encode_images")):

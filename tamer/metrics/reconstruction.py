@@ -13,18 +13,18 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..devices import autocast, resolve_precision
-from ..progress import progress_bar
-from .distribution import distribution_metrics, network_protocol, resolve_feature_network
-from .features import FeatureNetwork, to_uint8
-from .reference import ReferenceStatistics
-from .results import EvalResult, library_versions
-from .tally import SSIM_MIN_SIDE, ReconstructionTally
+from tamer.devices import autocast, resolve_precision
+from tamer.metrics.distribution import distribution_metrics, network_protocol, resolve_feature_network
+from tamer.metrics.features import FeatureNetwork, to_uint8
+from tamer.metrics.reference import ReferenceStatistics
+from tamer.metrics.results import EvalResult, library_versions
+from tamer.metrics.tally import SSIM_MIN_SIDE, ReconstructionTally
+from tamer.progress import progress_bar
 
 
 def _lpips(vgg_path: str | Path | None, channels: int, notes: list[str]):
     """LPIPS when it can be built (a named file must exist), else ``None`` with a note saying why."""
-    from ..nn.perceptual import VGG16_FILENAME, default_vgg_path, load_lpips
+    from tamer.nn.perceptual import VGG16_FILENAME, default_vgg_path, load_lpips
 
     if channels != 3:
         notes.append(f"LPIPS skipped: it compares RGB images, these have {channels} channels")

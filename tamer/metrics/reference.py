@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoints import atomic_write
-from .fid import GaussianStatistics, feature_statistics
+from tamer.atomic import atomic_write
+from tamer.metrics.fid import GaussianStatistics, feature_statistics
 
 
 @dataclass

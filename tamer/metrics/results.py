@@ -13,15 +13,14 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from ..checkpoints import atomic_write
+from tamer.atomic import atomic_write
+from tamer.version import __version__
 
 _PACKAGES = ("torch", "torchvision", "torch-fidelity", "lpips", "numpy", "scipy")
 
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that shape the numbers (an absent optional one is left out)."""
-    from .. import __version__
-
     versions = {"python": platform.python_version(), "tamer": __version__}
     for name in _PACKAGES:
         try:

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
-from ..devices import resolve_device
-from .distribution import distribution_metrics, network_protocol, resolve_feature_network
-from .features import FeatureNetwork, extract_features, to_uint8
-from .reference import ReferenceStatistics
-from .results import EvalResult, library_versions
-from .sources import ImageFiles, uint8_batches
+from tamer.devices import resolve_device
+from tamer.metrics.distribution import distribution_metrics, network_protocol, resolve_feature_network
+from tamer.metrics.features import FeatureNetwork, extract_features, to_uint8
+from tamer.metrics.reference import ReferenceStatistics
+from tamer.metrics.results import EvalResult, library_versions
+from tamer.metrics.sources import ImageFiles, uint8_batches
 
 ImageSource = str | Path | torch.Tensor
 

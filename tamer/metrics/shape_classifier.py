@@ -15,8 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import default_collate
 
-from ..checkpoints import Pretrained
-from ..progress import progress_bar
+from tamer.ar.sampling import SamplingSettings
+from tamer.checkpoints import Pretrained
+from tamer.data.procedural import ProceduralShapes
+from tamer.devices import autocast, resolve_precision
+from tamer.progress import progress_bar
 
 #: the largest blur sigma (pixels) the judge is trained with
 JUDGE_BLUR = 1.5
@@ -59,7 +62,6 @@ class ShapeClassifier(nn.Module, Pretrained):
 def render_training_scenes(size: int, count: int, seed: int, keys: tuple[str, ...] = ("image", "label"),
                            progress: bool = True, **scene) -> dict[str, torch.Tensor]:
     """``count`` real ``ProceduralShapes(size, seed=seed, **scene)`` items, rendered once: the ``keys`` stacked."""
-    from ..data.procedural import ProceduralShapes
 
     data = ProceduralShapes(size=size, length=count, seed=seed, **scene)
     items = [data[i] for i in progress_bar(range(count), desc="rendering scenes", disable=not progress, leave=False)]
@@ -143,8 +145,6 @@ def judge_class_samples(model, classifier: ShapeClassifier, held_out, samples_pe
     and on their reconstructions through the model's VQGAN: the latter is the ceiling, since a transformer can only
     produce what the codes can hold. Sample ``i`` of class ``c`` uses seed ``seed + c·n + i`` at every scale.
     ``precision`` is the model's autocast (``auto``: bf16 where it is fast); the classifier runs in fp32."""
-    from ..devices import autocast, resolve_precision
-    from ..sampling import SamplingSettings
 
     parameter = next(model.parameters(), None) if hasattr(model, "parameters") else None
     device = parameter.device if parameter is not None else torch.device("cpu")

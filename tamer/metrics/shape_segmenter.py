@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoints import Pretrained
-from .shape_classifier import JUDGE_BLUR, fit_judge, render_training_scenes
+from tamer.ar.sampling import SamplingSettings
+from tamer.checkpoints import Pretrained
+from tamer.metrics.shape_classifier import JUDGE_BLUR, fit_judge, render_training_scenes
 
 
 @dataclass
@@ -114,7 +115,6 @@ def judge_segmentation_samples(model, segmenter: ShapeSegmenter, scenes: dict[st
     samples. Beside it, the judge's mIoU on the real ``scenes["image"]`` and on their reconstructions through the
     model's VQGAN (what a perfect sampler over these codes could reach). Map ``i`` draws seeds ``seed + i·per_map``
     onwards; ``code_shape`` larger than the model's samples with the sliding window."""
-    from ..sampling import SamplingSettings
 
     maps, images = scenes["segmentation"], scenes["image"]
     settings = SamplingSettings(top_k=top_k)

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..imageio import ImageError, list_images, read_image
-from .features import to_uint8
+from tamer.imageio import ImageError, list_images, read_image
+from tamer.metrics.features import to_uint8
 
 
 class ImageFiles(Dataset):

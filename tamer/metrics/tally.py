@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .codebook import codebook_statistics, count_codes
-from .image import psnr, ssim
+from tamer.metrics.codebook import codebook_statistics, count_codes
+from tamer.metrics.image import psnr, ssim
 
 #: the smallest side SSIM's 11×11 Gaussian window fits in
 SSIM_MIN_SIDE = 11

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import checked_keywords
+from tamer.config import checked_keywords
 
 
 @checked_keywords

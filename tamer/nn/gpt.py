@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import checked_keywords
-from ..devices import cpu_vendor
+from tamer.config import checked_keywords
+from tamer.devices import cpu_vendor
 
 
 @checked_keywords

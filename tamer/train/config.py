@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ..config import checked_keywords
+from tamer.config import checked_keywords
 
 
 @checked_keywords

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..devices import resolve_device
+from tamer.devices import resolve_device
 
 
 @dataclass

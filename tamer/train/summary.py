@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.factory import DataConfig, data_sides, follow_data_size
+from tamer.data.factory import DataConfig, data_sides, follow_data_size
 
 #: a run estimated to take longer than this gets a warning
 SLOW_RUN_S = 24 * 3600

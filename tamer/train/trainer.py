@@ -24,24 +24,22 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 
-from ..checkpoints import CheckpointError
-from ..curves import write_curves
-from ..devices import autocast, data_loader_workers, resolve_precision
-from ..imageio import save_image
-from ..progress import progress_bar
-from . import checkpointing as ckpt
-from .config import TrainConfig, effective_ema_decay
-from .distributed import DistributedContext, all_reduce_mean, barrier, setup
-from .sampling import ResumableSampler, SeededItems
-from .selection import BEST_FOLDER, Best, export_best, improved, save_best
-from .summary import time_estimate
+from tamer.checkpoints import CheckpointError
+from tamer.devices import autocast, data_loader_workers, resolve_precision
+from tamer.errors import TrainingDiverged  # noqa: F401 (re-exported)
+from tamer.imageio import save_image
+from tamer.progress import progress_bar
+from tamer.train import resume as ckpt
+from tamer.train.config import TrainConfig, effective_ema_decay
+from tamer.train.curves import write_curves
+from tamer.train.data_order import ResumableSampler, SeededItems
+from tamer.train.distributed import DistributedContext, all_reduce_mean, barrier, setup
+from tamer.train.selection import BEST_FOLDER, Best, export_best, improved, save_best
+from tamer.train.summary import time_estimate
 
 #: the steps after the first whose time estimates the run's (printed once, with a warning for days)
 TIMED_STEPS = 5
 
-
-class TrainingDiverged(RuntimeError):
-    """A loss became NaN or Inf; the last checkpoint on disk is the last good state."""
 
 
 class Task(Protocol):

@@ -16,24 +16,24 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import load
-from ..class_names import class_set_difference
-from ..conditioning import ConditioningConfig
-from ..config import ConfigError, from_dict, merge, parse_overrides, read_yaml, to_dict
-from ..data import ClassFolder, DataConfig, build_dataset
-from ..data.codes import cached_codes, encode_dataset, fingerprint
-from ..devices import data_loader_workers
-from ..guards import prepare_run_folder
-from ..nn.gpt import GPTConfig
-from ..presets import preset_path
-from ..token_order import TokenOrderName
-from ..transformer import Transformer, TransformerConfig
-from ..vqgan import VQGAN, VQGANConfig
-from .config import TrainConfig
-from .distributed import DistributedContext, barrier, setup, teardown
-from .summary import fit_data_sizes, start_line
-from .trainer import Trainer
-from .transformer_task import TransformerTask
+from tamer.ar.class_names import class_set_difference
+from tamer.ar.conditioning import ConditioningConfig
+from tamer.ar.model import Transformer, TransformerConfig
+from tamer.ar.token_order import TokenOrderName
+from tamer.config import ConfigError, from_dict, merge, parse_overrides, read_yaml, to_dict
+from tamer.data import ClassFolder, DataConfig, build_dataset
+from tamer.data.codes import cached_codes, encode_dataset, fingerprint
+from tamer.devices import data_loader_workers
+from tamer.guards import prepare_run_folder
+from tamer.loading import load
+from tamer.nn.gpt import GPTConfig
+from tamer.presets import preset_path
+from tamer.train.config import TrainConfig
+from tamer.train.distributed import DistributedContext, barrier, setup, teardown
+from tamer.train.summary import fit_data_sizes, start_line
+from tamer.train.trainer import Trainer
+from tamer.train.transformer_task import TransformerTask
+from tamer.vqgan.model import VQGAN, VQGANConfig
 
 #: the original minGPT's optimizer settings, used where a preset does not set them
 TRAIN_DEFAULTS = {"betas": [0.9, 0.95], "weight_decay": 0.01, "lr": 3.0e-4}

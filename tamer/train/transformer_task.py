@@ -23,11 +23,11 @@ from torch import nn
 from torchvision.transforms.functional import pil_to_tensor
 from torchvision.utils import make_grid
 
-from ..class_names import class_labels
-from ..data.codes import CODES_KEY, COND_KEY
-from ..report import labelled_grid
-from ..sampling import SamplingSettings, sample_tokens, seed_rows
-from ..transformer import Transformer
+from tamer.ar.class_names import class_labels
+from tamer.ar.model import Transformer
+from tamer.ar.sampling import SamplingSettings, sample_tokens, seed_rows
+from tamer.data.codes import CODES_KEY, COND_KEY
+from tamer.report import labelled_grid
 
 LN2 = math.log(2.0)
 #: at most this many samples in a preview grid (class-conditional: the first classes, one sample each)

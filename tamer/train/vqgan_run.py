@@ -7,20 +7,21 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import load, load_state_dict_strict
-from ..compat.taming import read_taming_checkpoint, submodule_state
-from ..config import ConfigError, from_dict, merge, parse_overrides, read_yaml, to_dict
-from ..data import DataConfig, build_dataset
-from ..guards import prepare_run_folder
-from ..losses import VQGANLoss, VQGANLossConfig
-from ..nn.perceptual import lpips_from_compvis, lpips_unavailable_reason
-from ..presets import preset_path
-from ..vqgan import VQGAN, VQGANConfig
-from .config import TrainConfig
-from .distributed import setup, teardown
-from .summary import fit_data_sizes, parameter_count, start_line
-from .trainer import Trainer
-from .vqgan_task import VQGANTask
+from tamer.checkpoints import load_state_dict_strict
+from tamer.compat.taming import read_taming_checkpoint, submodule_state
+from tamer.config import ConfigError, from_dict, merge, parse_overrides, read_yaml, to_dict
+from tamer.data import DataConfig, build_dataset
+from tamer.guards import prepare_run_folder
+from tamer.loading import load
+from tamer.nn.perceptual import lpips_from_compvis, lpips_unavailable_reason
+from tamer.presets import preset_path
+from tamer.train.config import TrainConfig
+from tamer.train.distributed import setup, teardown
+from tamer.train.summary import fit_data_sizes, parameter_count, start_line
+from tamer.train.trainer import Trainer
+from tamer.train.vqgan_task import VQGANTask
+from tamer.vqgan.loss import VQGANLoss, VQGANLossConfig
+from tamer.vqgan.model import VQGAN, VQGANConfig
 
 
 @dataclass

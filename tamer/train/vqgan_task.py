@@ -11,16 +11,16 @@ import torch
 from torch import nn
 from torchvision.utils import make_grid
 
-from ..losses import VQGANLoss
-from ..metrics.codebook import codebook_statistics
-from ..metrics.tally import ReconstructionTally
-from ..vqgan import VQGAN
-from .distributed import all_reduce_sum
+from tamer.metrics.codebook import codebook_statistics
+from tamer.metrics.tally import ReconstructionTally
+from tamer.train.distributed import all_reduce_sum
+from tamer.vqgan.loss import VQGANLoss
+from tamer.vqgan.model import VQGAN
 
 
 def one_hot_labels(labels: torch.Tensor, channels: int) -> torch.Tensor:
     """Label maps ``B×H×W`` (or ``B×1×H×W``) -> float one-hot ``B×channels×H×W`` in {0, 1}, the input of a
-    segmentation VQGAN (as :class:`~tamer.conditioning.SpatialVQ` prepares conditions)."""
+    segmentation VQGAN (as :class:`~tamer.ar.conditioning.SpatialVQ` prepares conditions)."""
     if labels.dim() == 4 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.dim() != 3:

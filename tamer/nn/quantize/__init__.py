@@ -7,13 +7,13 @@
 - :mod:`.simvq`: a frozen codebook through a learned linear map; :mod:`.residual`: several codes per position.
 """
 
-from .base import KINDS, Quantized, Quantizer, QuantizerConfig
-from .fsq import FiniteScalarQuantizer
-from .gumbel import GumbelQuantizer
-from .lfq import LookupFreeQuantizer
-from .residual import ResidualQuantizer
-from .simvq import SimVQuantizer
-from .vq import VectorQuantizer
+from tamer.nn.quantize.base import KINDS, Quantized, Quantizer, QuantizerConfig
+from tamer.nn.quantize.fsq import FiniteScalarQuantizer
+from tamer.nn.quantize.gumbel import GumbelQuantizer
+from tamer.nn.quantize.lfq import LookupFreeQuantizer
+from tamer.nn.quantize.residual import ResidualQuantizer
+from tamer.nn.quantize.simvq import SimVQuantizer
+from tamer.nn.quantize.vq import VectorQuantizer
 
 _BY_KIND = {"vq": VectorQuantizer, "gumbel": GumbelQuantizer, "fsq": FiniteScalarQuantizer,
             "lfq": LookupFreeQuantizer, "simvq": SimVQuantizer, "residual": ResidualQuantizer}

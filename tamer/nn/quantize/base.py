@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...config import checked_keywords
+from tamer.config import checked_keywords
 
 KINDS = ("vq", "gumbel", "fsq", "lfq", "simvq", "residual")
 # Options of the nearest-neighbour codebook (the kinds built on VectorQuantizer take them).

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Quantized, Quantizer, QuantizerConfig, straight_through
+from tamer.nn.quantize.base import Quantized, Quantizer, QuantizerConfig, straight_through
 
 BOUND_EPS = 1e-3  # keeps tanh's bound just past the outer levels, so they are reached (the paper's appendix A.1)
 

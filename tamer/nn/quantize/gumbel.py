@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Quantized, Quantizer, QuantizerConfig
+from tamer.nn.quantize.base import Quantized, Quantizer, QuantizerConfig
 
 
 class GumbelQuantizer(Quantizer):

@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 
-from .base import Quantized, Quantizer, QuantizerConfig, straight_through
+from tamer.nn.quantize.base import Quantized, Quantizer, QuantizerConfig, straight_through
 
 
 def entropy(probs: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

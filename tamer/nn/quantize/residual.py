@@ -15,9 +15,9 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from .base import Quantized, Quantizer, QuantizerConfig, straight_through
-from .rotation import rotate_to
-from .vq import VectorQuantizer
+from tamer.nn.quantize.base import Quantized, Quantizer, QuantizerConfig, straight_through
+from tamer.nn.quantize.rotation import rotate_to
+from tamer.nn.quantize.vq import VectorQuantizer
 
 
 class ResidualQuantizer(Quantizer):

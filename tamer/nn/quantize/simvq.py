@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .vq import VectorQuantizer
+from tamer.nn.quantize.vq import VectorQuantizer
 
 
 class SimVQuantizer(VectorQuantizer):

@@ -8,8 +8,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Quantized, Quantizer, QuantizerConfig, straight_through
-from .rotation import rotate_to
+from tamer.nn.quantize.base import Quantized, Quantizer, QuantizerConfig, straight_through
+from tamer.nn.quantize.rotation import rotate_to
 
 
 class VectorQuantizer(Quantizer):

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..checkpoints import CheckpointError, load_state_dict_strict
-from ..compat.safe_load import load_plain
+from tamer.checkpoints import CheckpointError, load_state_dict_strict
+from tamer.compat.safe_load import load_plain
+from tamer.errors import CheckpointWriteError  # noqa: F401 (re-exported)
 
 STEP_FOLDER = re.compile(r"^step-(\d{8})$")
 
@@ -109,9 +110,6 @@ def newest_intact_checkpoint(run: Path, modules: list[str], ema: bool, rank: int
             report(f"--resume: skipping {folder.name}, it is damaged: {error}")
     return None
 
-
-class CheckpointWriteError(CheckpointError):
-    """A checkpoint could not be written (a full disk, most often); its partial folder was removed."""
 
 
 def folder_size(folder: Path) -> int:

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import checked_keywords
-from .vqgan import VQGAN, VQGANConfig
+from tamer.config import checked_keywords
+from tamer.vqgan.model import VQGAN, VQGANConfig
 
 ConditionKind = Literal["none", "class", "spatial", "coord"]
 

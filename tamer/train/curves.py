@@ -12,7 +12,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from .checkpoints import atomic_write
+from tamer.atomic import atomic_write
+from tamer.errors import CurvesUnavailable  # noqa: F401 (re-exported)
 
 #: validation figures drawn, each in a panel of its own, in this order (others are left out)
 VALIDATION_FIGURES = {"nll": "held-out NLL (nats/token)", "psnr": "held-out PSNR (dB)", "ssim": "held-out SSIM",
@@ -22,9 +23,6 @@ NOT_LOSSES = {"d_weight", "disc_factor", "logits_real", "logits_fake"}
 #: at most this many points per training curve before a running mean smooths it
 MAX_RAW_POINTS = 200
 
-
-class CurvesUnavailable(RuntimeError):
-    """matplotlib is not installed (``pip install 'tamer-vq[train]'``)."""
 
 
 def read_metrics(run: str | Path) -> tuple[dict[int, dict], dict[int, dict]]:

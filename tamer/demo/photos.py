@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import api
-from .imageio import save_image
-from .vqgan import VQGAN, VQGANConfig
+from tamer import api
+from tamer.imageio import save_image
+from tamer.vqgan.model import VQGAN, VQGANConfig
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import checked_keywords
-from .guards import check_seed
-from .nn.gpt import GPT, top_k_filter, top_p_filter
+from tamer.config import checked_keywords
+from tamer.guards import check_seed
+from tamer.nn.gpt import GPT, top_k_filter, top_p_filter
 
 
 @checked_keywords

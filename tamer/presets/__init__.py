@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import ConfigError
+from tamer.errors import ConfigError
 
-PRESET_DIR = Path(__file__).resolve().parent / "presets"
+PRESET_DIR = Path(__file__).resolve().parent
 
 
 def available_presets() -> list[str]:

@@ -1,11 +1,11 @@
-"""``tamer plot``: argument parsing for drawing training curves (the work is in tamer.curves)."""
+"""``tamer plot``: argument parsing for drawing training curves (the work is in tamer.train.curves)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from . import guards
+from tamer import guards
 
 
 def add_plot_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -21,7 +21,7 @@ def add_plot_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
 
 
 def run_plot(args) -> int:
-    from .curves import plot_runs
+    from tamer.train.curves import plot_runs
 
     out = args.out or (args.runs[0] / "curves.png" if len(args.runs) == 1 else Path("curves.png"))
     guards.check_output_file(out, [run / "metrics.jsonl" for run in args.runs], suffix=".png")

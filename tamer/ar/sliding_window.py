@@ -26,7 +26,7 @@ What this module does instead, for identical logits:
   calls, bound large grids).
 - A spatial condition is tokenized once for the whole grid; windows crop the id grid.
 
-Noise is keyed by the grid position ``i·W + j`` and the row's seed (:func:`tamer.sampling.draw`), so a seed gives
+Noise is keyed by the grid position ``i·W + j`` and the row's seed (:func:`tamer.ar.sampling.draw`), so a seed gives
 the same grid alone or in a batch; greedy decoding (``top_k=1``) gives exactly the original's grid.
 """
 
@@ -36,9 +36,9 @@ import sys
 
 import torch
 
-from .nn.gpt import GPT
-from .progress import progress_bar
-from .sampling import Callback, SamplingSettings, draw, guide, seed_rows
+from tamer.ar.sampling import Callback, SamplingSettings, draw, guide, seed_rows
+from tamer.nn.gpt import GPT
+from tamer.progress import progress_bar
 
 
 def window_offset(index: int, size: int, window: int) -> int:

@@ -23,9 +23,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .config import checked_keywords
-from .nn.discriminator import NLayerDiscriminator
-from .nn.perceptual import LPIPS, PerceptualUnavailableWarning, load_lpips
+from tamer.config import checked_keywords
+from tamer.errors import NonFiniteLossError  # noqa: F401 (re-exported)
+from tamer.nn.discriminator import NLayerDiscriminator
+from tamer.nn.perceptual import LPIPS, PerceptualUnavailableWarning, load_lpips
 
 Logs = dict[str, torch.Tensor]
 
@@ -205,9 +206,6 @@ class VQGANLoss(nn.Module):
             for key, value in module.perceptual_loss.state_dict(prefix=prefix + "perceptual_loss.").items():
                 state.setdefault(key, value)
 
-
-class NonFiniteLossError(FloatingPointError):
-    """A loss or logged value became NaN or infinite; the message names which, and at which step."""
 
 
 def check_finite(values: torch.Tensor | Mapping[str, torch.Tensor | float], step: int) -> None:

@@ -15,13 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoints import Pretrained
-from .conditioning import ConditioningConfig, ConditionStage, build_condition_stage
-from .config import checked_keywords
-from .nn.gpt import GPT, GPTConfig
-from .sampling import Callback, SamplingSettings, sample_tokens, seed_rows
-from .token_order import TokenOrder, TokenOrderName
-from .vqgan import VQGAN, VQGANConfig
+from tamer.ar.conditioning import ConditioningConfig, ConditionStage, build_condition_stage
+from tamer.ar.sampling import Callback, SamplingSettings, sample_tokens, seed_rows
+from tamer.ar.sliding_window import sample_sliding_window
+from tamer.ar.token_order import TokenOrder, TokenOrderName
+from tamer.checkpoints import Pretrained
+from tamer.config import checked_keywords
+from tamer.nn.gpt import GPT, GPTConfig
+from tamer.vqgan.model import VQGAN, VQGANConfig
 
 
 @checked_keywords
@@ -178,8 +179,6 @@ class Transformer(nn.Module, Pretrained):
         settings = settings or SamplingSettings()
         h, w = self.config.code_shape if code_shape is None else code_shape
         if (h, w) != tuple(self.config.code_shape):
-            from .sliding_window import sample_sliding_window
-
             return sample_sliding_window(self, condition, num_samples, (h, w), settings, seed, callback=callback,
                                          prefix=prefix)
         cond = self.condition_tokens(condition, num_samples)

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoints import Pretrained
-from .config import checked_keywords
-from .nn.autoencoder import AutoencoderConfig, Decoder, Encoder
-from .nn.quantize import Quantized, QuantizerConfig, build_quantizer
+from tamer.checkpoints import Pretrained
+from tamer.config import checked_keywords
+from tamer.nn.autoencoder import AutoencoderConfig, Decoder, Encoder
+from tamer.nn.quantize import Quantized, QuantizerConfig, build_quantizer
 
 
 @checked_keywords

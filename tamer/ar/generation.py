@@ -13,15 +13,16 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
-from .class_names import class_labels, resolve_classes
-from .conditioning import coordinate_map
-from .devices import autocast, resolve_precision
-from .guards import check_count, check_model_pixels
-from .imageio import ImageError, open_image, read_image, save_image
-from .nn.gpt import weights_held_in
-from .report import labelled_grid
-from .sampling import Callback, SamplingSettings
-from .transformer import Transformer
+from tamer.ar.class_names import class_labels, resolve_classes
+from tamer.ar.conditioning import coordinate_map
+from tamer.ar.model import Transformer
+from tamer.ar.sampling import Callback, SamplingSettings
+from tamer.devices import autocast, resolve_precision
+from tamer.guards import check_count, check_model_pixels
+from tamer.imageio import ImageError, open_image, read_image, save_image
+from tamer.nn.gpt import weights_held_in
+from tamer.progress import progress_bar
+from tamer.report import labelled_grid
 
 
 def read_condition_map(path: str | Path, model: Transformer) -> torch.Tensor:
@@ -122,7 +123,6 @@ def sample_images(model: Transformer, request: SampleRequest, settings: Sampling
 def _progress(total: int, description: str, enabled: bool):
     if not enabled:
         return None
-    from .progress import progress_bar
 
     return progress_bar(total=total, desc=description, unit="tok", leave=False)
 

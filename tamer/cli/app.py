@@ -18,7 +18,7 @@ def add_app_command(commands: argparse._SubParsersAction) -> argparse.ArgumentPa
 
 
 def run_app(args) -> int:
-    from .app import serve
+    from tamer.app import serve
 
     serve(args.model, host=args.host, port=args.port, device=args.device)
     return 0

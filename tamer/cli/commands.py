@@ -7,12 +7,12 @@ import os
 import sys
 from pathlib import Path
 
-from . import guards
-from .cli_errors import debug_requested, run_reporting
-from .curves import CurvesUnavailable
-from .guards import set_max_pixels
-from .presets import preset_path
-from .train.trainer import TrainingDiverged
+from tamer import guards
+from tamer.cli.errors import debug_requested, run_reporting
+from tamer.guards import set_max_pixels
+from tamer.presets import preset_path
+from tamer.train.curves import CurvesUnavailable
+from tamer.train.trainer import TrainingDiverged
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,10 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tamer", description="Taming Transformers: VQGAN tokenizer and image GPT.")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (anywhere on the line)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from .app_cli import add_app_command
-    from .eval_cli import add_eval_command
-    from .plot_cli import add_plot_command
-    from .sample_cli import add_sample_command, height_by_width
+    from tamer.cli.app import add_app_command
+    from tamer.cli.eval import add_eval_command
+    from tamer.cli.plot import add_plot_command
+    from tamer.cli.sample import add_sample_command, height_by_width
 
     add_app_command(commands)
     add_eval_command(commands)
@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load_model(args, vqgan: bool = False):
     """The model, with ``args.precision`` resolved for its device (and printed once)."""
-    from . import api
+    from tamer import api
 
     model = api.load_model(args.model, config=args.config, device=args.device)
     model = api.require_vqgan(model, args.model) if vqgan else model
@@ -137,7 +137,7 @@ def _load_model(args, vqgan: bool = False):
 
 
 def _reconstruct(args) -> int:
-    from . import api
+    from tamer import api
 
     guards.check_output_folder(args.out, args.images)
     outputs, renamed = guards.output_names(args.images)
@@ -156,7 +156,7 @@ def _reconstruct(args) -> int:
 
 
 def _encode(args) -> int:
-    from . import api
+    from tamer import api
 
     guards.check_output_file(args.out, args.images, suffix=".npy")
     model = _load_model(args, vqgan=True)
@@ -168,7 +168,7 @@ def _encode(args) -> int:
 
 
 def _decode(args) -> int:
-    from . import api
+    from tamer import api
 
     guards.check_output_folder(args.out, [args.codes])
     model = _load_model(args, vqgan=True)
@@ -182,7 +182,7 @@ def _decode(args) -> int:
 
 
 def _convert(args) -> int:
-    from .checkpoints import load
+    from tamer.loading import load
 
     guards.check_new_model_folder(args.out, args.overwrite)
     model = load(args.checkpoint, config=args.config, code_shape=args.code_shape)
@@ -193,13 +193,13 @@ def _convert(args) -> int:
 
 
 def _train_vqgan(args) -> int:
-    from .train.vqgan_run import load_run_config, train_vqgan
+    from tamer.train.vqgan_run import load_run_config, train_vqgan
 
     return _train(args, load_run_config, train_vqgan)
 
 
 def _train_transformer(args) -> int:
-    from .train.transformer_run import load_run_config, train_transformer
+    from tamer.train.transformer_run import load_run_config, train_transformer
 
     return _train(args, load_run_config, train_transformer)
 
@@ -215,17 +215,14 @@ def _train(args, load_run_config, train) -> int:
 
 def _demo(args) -> int:
     if args.photos:
-        from .photo_demo import run_reconstruction_demo
+        from tamer.demo.photos import run_reconstruction_demo
 
         run_reconstruction_demo(args.out, model=args.model, config=args.config, size=args.size, device=args.device)
         return 0
     if args.model or args.config:
         raise ValueError("--model/--config go with --photos; the full demo trains its own models")
-    from .demo import run_demo
+    from tamer.demo import run_demo
 
     run_demo(args.out, quick=args.quick, device=args.device)
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

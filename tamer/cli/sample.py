@@ -1,11 +1,11 @@
-"""``tamer sample``: argument parsing for sampling images from a transformer (the work is in tamer.generation)."""
+"""``tamer sample``: argument parsing for sampling images from a transformer (the work is in tamer.ar.generation)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from . import guards
+from tamer import guards
 
 
 def add_sample_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -56,10 +56,10 @@ _size = height_by_width("pixels", "256x512")
 
 
 def run_sample(args) -> int:
-    from .api import announce_precision, load_model
-    from .generation import SampleRequest, sample_to_folder
-    from .sampling import SamplingSettings
-    from .transformer import Transformer
+    from tamer.api import announce_precision, load_model
+    from tamer.ar.generation import SampleRequest, sample_to_folder
+    from tamer.ar.model import Transformer
+    from tamer.ar.sampling import SamplingSettings
 
     guards.check_output_folder(args.out)
     if args.size is not None:

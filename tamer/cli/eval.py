@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import guards
+from tamer import guards
 
 #: the procedural data's default evaluation seed: held out from training (seed 0), as configs/vqgan_tiny_cpu.yaml
 PROCEDURAL_EVAL_SEED = 12345
@@ -168,7 +168,7 @@ def _common_options(sub: argparse.ArgumentParser, batch_size: int, out_help: str
 def _stand_in(spec: str | None):
     if spec is None:
         return None
-    from .metrics.features import torchvision_stand_in
+    from tamer.metrics.features import torchvision_stand_in
 
     arch, _, path = spec.partition("=")
     return torchvision_stand_in(arch, path or None)
@@ -183,8 +183,8 @@ def data_config(spec: str, size: int | None, default_size: int, limit: int | Non
     """
     from dataclasses import replace
 
-    from .config import from_dict, read_yaml
-    from .data import DataConfig
+    from tamer.config import from_dict, read_yaml
+    from tamer.data import DataConfig
 
     if spec != "procedural" and Path(spec).suffix in (".yaml", ".yml") and Path(spec).is_file():
         raw = read_yaml(spec)
@@ -209,7 +209,7 @@ def _check_out(args, suffix: str = ".json") -> None:
 def _usable(dataset, limit: int | None, notes: list[str]):
     """A file dataset cut to its first ``limit`` files with the unreadable ones left out, so every image evaluated
     is a distinct file and the count is true (at run time a bad file would be replaced by its neighbour)."""
-    from .data.files import FileDataset
+    from tamer.data.files import FileDataset
 
     if not isinstance(dataset, FileDataset):
         return dataset
@@ -233,10 +233,10 @@ def _finish(result, out: Path | None) -> int:
 
 
 def run_recon(args) -> int:
-    from .api import announce_precision, load_model, model_device
-    from .config import to_dict
-    from .data import build_dataset
-    from .metrics import evaluate_reconstructions
+    from tamer.api import announce_precision, load_model, model_device
+    from tamer.config import to_dict
+    from tamer.data import build_dataset
+    from tamer.metrics import evaluate_reconstructions
 
     _check_out(args)
     model = load_model(args.model, config=args.config, device=args.device)
@@ -262,10 +262,10 @@ def run_recon(args) -> int:
 def run_nll(args) -> int:
     from dataclasses import replace
 
-    from .api import announce_precision, load_model, model_device
-    from .config import to_dict
-    from .data import build_dataset
-    from .metrics.likelihood import evaluate_likelihood
+    from tamer.api import announce_precision, load_model, model_device
+    from tamer.config import to_dict
+    from tamer.data import build_dataset
+    from tamer.metrics.likelihood import evaluate_likelihood
 
     _check_out(args)
     model = load_model(args.model, config=args.config, device=args.device)
@@ -294,7 +294,7 @@ def run_nll(args) -> int:
 
 def check_classes(model, dataset, spec: str) -> None:
     """A class folder must hold the classes the model was trained on, in the same order (labels would shift)."""
-    from .class_names import class_set_difference
+    from tamer.ar.class_names import class_set_difference
 
     names = getattr(model.config.conditioning, "class_names", None)
     found = getattr(dataset, "classes", None)
@@ -305,7 +305,7 @@ def check_classes(model, dataset, spec: str) -> None:
 
 
 def run_samples(args) -> int:
-    from .metrics import evaluate_samples
+    from tamer.metrics import evaluate_samples
 
     _check_out(args)
     if args.save_ref is not None:
@@ -317,7 +317,7 @@ def run_samples(args) -> int:
 
 
 def run_reference(args) -> int:
-    from .metrics import compute_reference
+    from tamer.metrics import compute_reference
 
     _check_out(args, suffix=".npz")
     reference = compute_reference(args.images, features=_stand_in(args.features), inception_path=args.inception,
@@ -332,10 +332,10 @@ def run_reference(args) -> int:
 def run_classes(args) -> int:
     import json
 
-    from .api import announce_precision, load_model, model_device
-    from .data.procedural import ProceduralShapes
-    from .imageio import save_image
-    from .metrics.shape_classifier import JUDGE_BLUR, judge_class_samples, train_shape_classifier
+    from tamer.api import announce_precision, load_model, model_device
+    from tamer.data.procedural import ProceduralShapes
+    from tamer.imageio import save_image
+    from tamer.metrics.shape_classifier import JUDGE_BLUR, judge_class_samples, train_shape_classifier
 
     _check_out(args)
     model = load_model(args.model, device=args.device)

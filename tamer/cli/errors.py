@@ -14,9 +14,9 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from .checkpoints import CheckpointError
-from .config import ConfigError
-from .imageio import ImageError
+from tamer.checkpoints import CheckpointError
+from tamer.config import ConfigError
+from tamer.imageio import ImageError
 
 #: errors whose message was written for the user; ValueError and FileNotFoundError are raised that way throughout
 FOR_USERS = (CheckpointError, ConfigError, ImageError, FileNotFoundError, ValueError)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 
-from .conditioning import ConditioningConfig
+from tamer.ar.conditioning import ConditioningConfig
 
 
 def class_labels(conditioning: ConditioningConfig) -> list[str]:
