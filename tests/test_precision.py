@@ -205,7 +205,7 @@ def test_loader_workers_follow_the_cores(monkeypatch, capsys):
 
 def test_weights_held_in_bf16_for_the_block_and_the_originals_put_back():
     from tamer.ar.sampling import SamplingSettings, sample_tokens
-    from tamer.nn.gpt import GPT, GPTConfig, generate, weights_held_in
+    from tamer.nn.gpt import GPT, GPTConfig, weights_held_in
 
     torch.manual_seed(0)
     gpt = GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32)).eval()
@@ -213,7 +213,8 @@ def test_weights_held_in_bf16_for_the_block_and_the_originals_put_back():
     prefix, seeds = torch.randint(0, 40, (2, 3)), torch.arange(2)
     settings = SamplingSettings(top_k=5)
     fp32_tokens = sample_tokens(gpt, prefix, 10, settings, seeds)
-    greedy = generate(gpt, prefix, 10, top_k=1)
+    greedy_settings = SamplingSettings(top_k=1)
+    greedy = sample_tokens(gpt, prefix, 10, greedy_settings, seeds)
     with weights_held_in(gpt, torch.bfloat16):
         assert {p.dtype for p in gpt.parameters()} == {torch.bfloat16}
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -225,9 +226,10 @@ def test_weights_held_in_bf16_for_the_block_and_the_originals_put_back():
     # back in fp32 (a new fp32 cache, not the bf16 one, which would round the keys): the same tokens
     assert torch.equal(sample_tokens(gpt, prefix, 10, settings, seeds), fp32_tokens)
     with weights_held_in(gpt, torch.bfloat16):
-        generate(gpt, prefix, 10, top_k=1)
+        sample_tokens(gpt, prefix, 10, greedy_settings, seeds)
     assert gpt.cache.k.dtype == torch.bfloat16
-    assert torch.equal(generate(gpt, prefix, 10, top_k=1), greedy) and gpt.cache.k.dtype == torch.float32
+    assert torch.equal(sample_tokens(gpt, prefix, 10, greedy_settings, seeds), greedy)
+    assert gpt.cache.k.dtype == torch.float32
     with weights_held_in(gpt, None):
         assert {p.dtype for p in gpt.parameters()} == {torch.float32}
 

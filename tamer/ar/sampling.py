@@ -16,7 +16,7 @@ import torch
 
 from tamer.config import checked_keywords
 from tamer.guards import check_seed
-from tamer.nn.gpt import GPT, top_k_filter, top_p_filter
+from tamer.nn.gpt import GPT
 
 
 @checked_keywords
@@ -47,6 +47,24 @@ class SamplingSettings:
     @property
     def guided(self) -> bool:
         return self.cfg_scale != 1.0
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the ``k`` largest logits (ties with the k-th included, as in the original); the rest become -inf."""
+    k = min(int(k), logits.shape[-1])
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filtering: keep the most likely tokens until their probability reaches ``p`` (the token that crosses
+    ``p`` is kept, and always at least one); the rest become -inf."""
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs
+    remove_sorted = mass_before > p
+    remove = remove_sorted.scatter(-1, order, remove_sorted)
+    return logits.masked_fill(remove, float("-inf"))
 
 
 def guide(logits: torch.Tensor, scale: float) -> torch.Tensor:

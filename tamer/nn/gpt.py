@@ -11,25 +11,9 @@ extend and the eager decode step are the same code (:meth:`Block.cached`). The o
 for every new token.
 
 Speed on the CPU: a decode step multiplies a few rows (the batch) by every weight matrix, so it is bound by how fast
-the weights stream from memory (12 layers × 3.1M float32 parameters per step for the 12×512 model). MKL runs
-``F.linear`` (``x @ W^T``) at 4 rows far below the memory's speed (one core here: about 4.5 GB/s from a matrix too
-large for the caches, where a plain sum streams 15 GB/s); the same product computed as ``(W @ x^T)^T`` reads ``W``
-at about 9 GB/s, so :func:`linear` uses that form for few rows of float32 on the CPU (measured numbers there).
-Larger products (prefill, training), small weights and other devices keep ``F.linear``.
-
-Compiled decoding: with ``pos`` a 0-d long tensor on the cache's device, :meth:`decode_one` has fixed shapes (it
-attends over the whole cache under a mask) and compiles once::
-
-    gpt.setup_cache(batch_size, max_len)
-    step = torch.compile(gpt.decode_one, fullgraph=True)
-    logits = step(token, torch.tensor(pos))
-
-What it costs and buys on the CPU (12×512 model, batch 4, one thread): about 30 s to compile, and with
-``torch._inductor.config.freezing = True`` a step of 25.1 instead of 26.5 ms (best of 6 rounds; the medians differ
-by as much as the rounds do); without freezing no gain. The eager step with an int ``pos`` (what the samplers use)
-is the default for that reason. Compiling keeps :func:`linear`'s form: inductor's frozen, MKL-packed ``F.linear``
-made the compiled step slower (33.0 ms). Not yet measured on a GPU, where compiling (``mode="reduce-overhead"``,
-CUDA graphs) should matter more.
+the weights stream from memory. :func:`linear` picks the form of that product that streams fastest on the CPU at
+hand, and :func:`weights_held_in` holds bf16 weights packed for oneDNN where bf16 is fast (BENCHMARKS.md has the
+figures). Compiling the decode step was measured not to pay on the CPU, so there is one eager path.
 """
 
 from __future__ import annotations
@@ -101,15 +85,10 @@ def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
 
     The same products summed in another order (float noise). Why: at few rows the product is bound by reading
     ``W`` from memory, and MKL streams ``W`` much faster in this form on AMD CPUs (not on Intel ones:
-    :data:`TRANSPOSED_FORM`). AMD EPYC, one core, the weights of a 12-layer 512-wide
-    GPT (too large for the caches, as in a decode step), 4 rows, µs per layer, ``F.linear`` -> this: q+k+v
-    547 -> 369, proj 190 -> 118, fc1 778 -> 465, fc2 546 -> 453; a whole block 2242 -> 1369. At 1 row both are a
-    matrix-vector product; from 16 rows on the gain is under 10% (:data:`SMALL_ROWS`). A weight small enough to stay
-    in the CPU's caches gains nothing and pays about 9 µs more per call in this form (:data:`SMALL_WEIGHT`).
-    Tried and dropped: MKL's packed weights (``torch.ops.mkl._mkl_linear``, what inductor's freezing uses), no faster
-    than ``F.linear`` once the weights come from memory (2320 µs a block), and one fused q/k/v matrix (decode step
-    26.0 against 25.6 ms, within noise, for a copy of the weights). ``x`` is made contiguous first (``x^T``
-    column-major: from a row-major ``x^T`` MKL is three times slower); the result is a transposed view. Module
+    :data:`TRANSPOSED_FORM`); BENCHMARKS.md, "GPT sampling with the KV cache", has the figures and what was tried and
+    dropped. At 1 row both forms are a matrix-vector product and from :data:`SMALL_ROWS` rows on the gain is small;
+    a weight small enough to stay in the caches (:data:`SMALL_WEIGHT`) only pays the extra call. ``x`` is made
+    contiguous first (from a row-major ``x^T`` MKL is three times slower); the result is a transposed view. Module
     hooks on ``layer`` do not run on this path. A layer whose bf16 weight :func:`weights_held_in` packed runs
     through oneDNN's packed product instead.
     """
@@ -194,7 +173,6 @@ class KVCache(nn.Module):
         shape = (batch_size, n_head, max_len, head_dim)
         self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
         self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
-        self.register_buffer("positions", torch.arange(max_len, device=device), persistent=False)
 
     @property
     def batch_size(self) -> int:
@@ -203,12 +181,6 @@ class KVCache(nn.Module):
     @property
     def max_len(self) -> int:
         return self.k.shape[2]
-
-    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write ``k, v`` (``B×nh×T×hd``) at ``input_pos`` (``T``, a tensor) and return the whole cache."""
-        self.k.index_copy_(2, input_pos, k.to(self.k.dtype))
-        self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
-        return self.k, self.v
 
 
 class CausalSelfAttention(nn.Module):
@@ -293,14 +265,6 @@ class CausalSelfAttention(nn.Module):
         keys, values = k_cache[:, :, :end].to(q.dtype), v_cache[:, :, :end].to(q.dtype)
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask, is_causal=is_causal)
 
-    def decode_static(self, x: torch.Tensor, input_pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """One position ``input_pos`` (a 1-element tensor) over the whole own cache under the boolean ``mask``:
-        fixed shapes, for ``torch.compile``."""
-        q, k, v = self._qkv(x)
-        k_all, v_all = self.kv_cache.update(input_pos, k, v)
-        y = F.scaled_dot_product_attention(q, k_all.to(q.dtype), v_all.to(q.dtype), attn_mask=mask)
-        return self._out(y)
-
 
 class Block(nn.Module):
     def __init__(self, config: GPTConfig):
@@ -338,10 +302,6 @@ class Block(nn.Module):
         rows of ``x`` that are the sequences' last positions (kept for ``queries="last"``)."""
         y = self.attn.cached_chunks(self.ln1(x), chunks, queries)
         x = x[last] + y if queries == "last" else x + y
-        return x + self._mlp(self.ln2(x))
-
-    def decode_static(self, x: torch.Tensor, input_pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn.decode_static(self.ln1(x), input_pos, mask)
         return x + self._mlp(self.ln2(x))
 
 
@@ -417,7 +377,7 @@ class GPT(nn.Module):
 
     def ensure_cache(self, batch_size: int, max_len: int) -> None:
         """Keep the cache when it holds ``batch_size`` sequences of ``max_len`` positions on the parameters' device
-        and dtype (so a compiled decode step stays valid), else allocate a new one. The dtype matters: after sampling
+        and dtype, else allocate a new one. The dtype matters: after sampling
         with weights held in bf16 (:func:`weights_held_in`) a bf16 cache would round fp32 keys."""
         cache = self.cache
         if (cache is None or cache.batch_size != batch_size or cache.max_len < max_len
@@ -557,96 +517,11 @@ class GPT(nn.Module):
         return zip(k_cache, v_cache)
 
     @torch.no_grad()
-    def decode_one(self, token: torch.Tensor, pos: int | torch.Tensor) -> torch.Tensor:
+    def decode_one(self, token: torch.Tensor, pos: int) -> torch.Tensor:
         """Add ``token`` (``B`` or ``B×1``) at position ``pos`` (after a prefill of at least ``pos`` positions)
-        and return its logits ``B×V``.
-
-        An int ``pos`` is bounds-checked and attends over the filled part of the cache only (the fastest eager
-        step). A 0-d long tensor ``pos`` on the cache's device is not checked (that would sync) and attends over
-        the whole cache under a mask: fixed shapes, so the step compiles once with ``torch.compile``.
-        """
+        and return its logits ``B×V``: :meth:`extend` for one token."""
         token = token.reshape(-1, 1)
-        if isinstance(pos, int):
-            if pos < 0:
-                raise ValueError(f"GPT.decode_one: negative position {pos}")
-            self._require_cache(token.shape[0], pos + 1)
-            return self._run(self.tok_emb(token), pos, self._own_caches())
-        cache = self._require_cache(token.shape[0], 0)
-        mask = (cache.positions <= pos).view(1, 1, 1, -1)
-        input_pos = pos.reshape(1)
-        x = self.drop(self.tok_emb(token) + self.pos_emb.index_select(1, input_pos))
-        for block in self.blocks:
-            x = block.decode_static(x, input_pos, mask)
-        return self._head(x[:, -1])
-
-
-# ---- sampling ---------------------------------------------------------------------------------------------------
-
-
-def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the ``k`` largest logits (ties with the k-th included, as in the original); the rest become -inf."""
-    k = min(int(k), logits.shape[-1])
-    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
-    return logits.masked_fill(logits < kth, float("-inf"))
-
-
-def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Nucleus filtering: keep the most likely tokens until their probability reaches ``p`` (the token that crosses
-    ``p`` is kept, and always at least one); the rest become -inf."""
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-    probs = sorted_logits.softmax(dim=-1)
-    mass_before = probs.cumsum(dim=-1) - probs
-    remove_sorted = mass_before > p
-    remove = remove_sorted.scatter(-1, order, remove_sorted)
-    return logits.masked_fill(remove, float("-inf"))
-
-
-def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token ``B×1`` from logits ``B×V``; ``top_k=1`` is greedy (argmax, no randomness)."""
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k: expected a positive integer or None, got {top_k}")
-    if top_k == 1:
-        return logits.argmax(dim=-1, keepdim=True)
-    if temperature <= 0:
-        raise ValueError(f"temperature: must be positive, got {temperature} (use top_k=1 for greedy)")
-    logits = logits.float() / temperature
-    if top_k is not None:
-        logits = top_k_filter(logits, top_k)
-    if top_p is not None and top_p < 1.0:
-        logits = top_p_filter(logits, top_p)
-    return torch.multinomial(logits.softmax(dim=-1), num_samples=1, generator=generator)
-
-
-@torch.no_grad()
-def generate(gpt: GPT, prefix_idx: torch.Tensor, steps: int, temperature: float = 1.0, top_k: int | None = None,
-             top_p: float | None = None, generator: torch.Generator | None = None,
-             embeddings: torch.Tensor | None = None) -> torch.Tensor:
-    """Extend ``prefix_idx`` (``B×t``, after optional ``embeddings``) by ``steps`` tokens with the KV cache and
-    return the full sequence ``B×(t+steps)``.
-
-    The whole sequence must fit in ``block_size`` (sampling past it needs a sliding window, which lives
-    elsewhere). An existing cache that is large enough is reused (so a compiled decode step stays valid);
-    otherwise one is allocated and left on ``gpt`` (free it with :meth:`GPT.clear_cache`).
-    """
-    if steps <= 0:
-        return prefix_idx.clone()
-    B, t = prefix_idx.shape
-    offset = 0 if embeddings is None else embeddings.shape[1]
-    needed = offset + t + steps - 1  # the last sampled token is never fed back
-    if needed > gpt.block_size:
-        raise ValueError(f"generate: {offset + t} prefix positions + {steps} steps need {needed} positions, "
-                         f"more than block_size={gpt.block_size}")
-    gpt.ensure_cache(B, needed)
-    was_training = gpt.training
-    gpt.eval()
-    try:
-        token = sample_next(gpt.prefill(prefix_idx, embeddings), temperature, top_k, top_p, generator)
-        tokens = [prefix_idx, token]
-        for i in range(1, steps):
-            logits = gpt.decode_one(token, offset + t + i - 1)
-            token = sample_next(logits, temperature, top_k, top_p, generator)
-            tokens.append(token)
-    finally:
-        gpt.train(was_training)
-    return torch.cat(tokens, dim=1)
+        if pos < 0:
+            raise ValueError(f"GPT.decode_one: negative position {pos}")
+        self._require_cache(token.shape[0], pos + 1)
+        return self._run(self.tok_emb(token), pos, self._own_caches())
