@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tamer.config import checked_keywords
-from tamer.vqgan.model import VQGAN, VQGANConfig
+from tamer.vqgan.model import VQGAN, VQGANConfig, one_hot_labels
 
 ConditionKind = Literal["none", "class", "spatial", "coord"]
 
@@ -86,6 +86,18 @@ class ConditioningConfig:
             return self.coord_levels
         return self.stage.vocab_size
 
+    def first_id(self, image_vocab_size: int) -> int:
+        """The first condition id: right after the image codebook, unless ``token_offset`` places it."""
+        return image_vocab_size if self.token_offset is None else self.token_offset
+
+    def id_end(self, image_vocab_size: int) -> int:
+        """One past the largest condition id (the null id included)."""
+        return self.first_id(image_vocab_size) + self.stage_vocab_size + int(self.classifier_free)
+
+    def gpt_vocab_size(self, image_vocab_size: int) -> int:
+        """The vocabulary a GPT needs: the image codebook and every condition id."""
+        return max(image_vocab_size, self.id_end(image_vocab_size))
+
 
 class ConditionStage(nn.Module):
     """Base: ``tokens(condition, batch_size)`` gives ``B×L`` ids (or ``B×h×w`` for spatial stages)."""
@@ -104,7 +116,7 @@ class ConditionStage(nn.Module):
     @property
     def vocab_end(self) -> int:
         """One past the largest id this stage (with its null id) can produce."""
-        return self.token_offset + self.config.stage_vocab_size + int(self.config.classifier_free)
+        return self.config.id_end(self.token_offset)  # first_id(token_offset) is token_offset, placed or not
 
     def tokens(self, condition, batch_size: int) -> torch.Tensor:
         raise NotImplementedError
@@ -158,14 +170,7 @@ class SpatialVQ(ConditionStage):
         """A data-item condition -> the float ``B×C×H×W`` input of the stage VQGAN."""
         channels = self.config.stage.autoencoder.in_channels
         if not condition.is_floating_point():
-            if condition.dim() == 4 and condition.shape[1] == 1:
-                condition = condition[:, 0]
-            if condition.dim() != 3:
-                raise ValueError(f"label map: expected B×H×W integers, got {tuple(condition.shape)}")
-            if int(condition.max()) >= channels or int(condition.min()) < 0:
-                raise ValueError(f"label map: labels must lie in 0..{channels - 1} (the stage's in_channels), "
-                                 f"got {int(condition.min())}..{int(condition.max())}")
-            condition = F.one_hot(condition, channels).permute(0, 3, 1, 2).float()
+            condition = one_hot_labels(condition, channels)
         if condition.dim() != 4 or condition.shape[1] != channels:
             raise ValueError(f"spatial condition: expected B×{channels}×H×W, got {tuple(condition.shape)}")
         size = self.config.downsample_size
@@ -214,7 +219,7 @@ class Coordinates(ConditionStage):
 
 
 def build_condition_stage(config: ConditioningConfig, image_vocab_size: int) -> ConditionStage:
-    offset = image_vocab_size if config.token_offset is None else config.token_offset
+    offset = config.first_id(image_vocab_size)
     stages = {"none": StartToken, "class": ClassLabel, "spatial": SpatialVQ, "coord": Coordinates}
     return stages[config.kind](config, offset)
 

@@ -48,8 +48,7 @@ class TransformerConfig:
             raise ValueError(f"token_order: a residual first stage keeps each position's codes together, which "
                              f"only 'raster' does, got {self.token_order!r}")
         image_vocab = self.first_stage.vocab_size
-        offset = image_vocab if self.conditioning.token_offset is None else self.conditioning.token_offset
-        needed = max(image_vocab, offset + self.conditioning.stage_vocab_size + int(self.conditioning.classifier_free))
+        offset, needed = self.conditioning.first_id(image_vocab), self.conditioning.gpt_vocab_size(image_vocab)
         if self.gpt.vocab_size < needed:
             raise ValueError(f"gpt.vocab_size: {self.gpt.vocab_size} is too small; the image codebook "
                              f"({image_vocab}) and the condition ids (from {offset}) need {needed}")
@@ -122,12 +121,13 @@ class Transformer(nn.Module, Pretrained):
     # ---- training ------------------------------------------------------------------------------------------------
 
     def forward(self, codes: torch.Tensor, cond_tokens: torch.Tensor, corrupted: torch.Tensor | None = None,
-                reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+                reduction: str = "mean", network: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``B×N×V`` for the image tokens of ``codes`` (``B×h×w``) after ``cond_tokens``, and the
         next-token cross entropy (``reduction`` as in ``F.cross_entropy``; "none" gives ``B×N``).
 
         ``corrupted`` (``B×h×w``), when given, is what the GPT reads instead of ``codes`` (pkeep noise); the
-        targets stay ``codes``.
+        targets stay ``codes``. ``network`` runs in place of ``self.transformer`` (training passes its DDP
+        wrapper, so the gradients are reduced across processes).
         """
         targets = self.sequence(codes)
         inputs = targets if corrupted is None else self.sequence(corrupted)
@@ -137,7 +137,7 @@ class Transformer(nn.Module, Pretrained):
         if needed > self.transformer.block_size:
             raise ValueError(f"{L} condition + {targets.shape[1]} image tokens need block_size >= {needed}, "
                              f"the model has {self.transformer.block_size}")
-        logits, _ = self.transformer(torch.cat((cond, inputs[:, :-1]), dim=1))
+        logits, _ = (network or self.transformer)(torch.cat((cond, inputs[:, :-1]), dim=1))
         logits = logits[:, L - 1:]
         # Image tokens only: condition ids are never a valid next token, so they get no probability mass.
         image_logits = logits[..., : self.image_vocab_size]

@@ -172,9 +172,8 @@ def derive_config(config: TransformerRunConfig, first_stage: VQGANConfig, cond_s
         h, w = _grid(side, conditioning.coord_factor, "model.conditioning.coord_factor", "the coordinate map")
         cond_length = h * w
     image_vocab = first_stage.vocab_size
-    offset = image_vocab if conditioning.token_offset is None else conditioning.token_offset
-    condition_end = offset + conditioning.stage_vocab_size + int(conditioning.classifier_free)
-    derived = {"vocab_size": max(image_vocab, condition_end),
+    offset = conditioning.first_id(image_vocab)
+    derived = {"vocab_size": conditioning.gpt_vocab_size(image_vocab),
                "block_size": cond_length + code_shape[0] * code_shape[1] - 1}
     what = {"vocab_size": f"the image codebook ({image_vocab}) and the condition ids (from {offset})",
             "block_size": f"{cond_length} condition + {code_shape[0] * code_shape[1]} image tokens"}

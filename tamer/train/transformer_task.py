@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.functional import pil_to_tensor
 from torchvision.utils import make_grid
@@ -34,24 +33,6 @@ LN2 = math.log(2.0)
 PREVIEW_SAMPLES = 16
 #: the seed of the preview samples, fixed so that grids of successive steps compare
 PREVIEW_SEED = 0
-
-
-def sequence_loss(model: Transformer, gpt: nn.Module, codes: torch.Tensor, cond_tokens: torch.Tensor,
-                  corrupted: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
-    """:meth:`Transformer.forward`'s cross-entropy, with ``gpt`` (possibly a DDP wrapper) as the network.
-
-    The GPT reads ``[condition, image tokens[:-1]]`` (``corrupted`` in place of ``codes`` when given) and its
-    outputs from the last condition position on, restricted to the image codebook, predict ``codes``.
-    """
-    targets = model.sequence(codes)
-    inputs = targets if corrupted is None else model.sequence(corrupted)
-    cond = cond_tokens.reshape(cond_tokens.shape[0], -1)
-    L = cond.shape[1]
-    logits, _ = gpt(torch.cat((cond, inputs[:, :-1]), dim=1))
-    image_logits = logits[:, L - 1:, : model.image_vocab_size]
-    loss = F.cross_entropy(image_logits.reshape(-1, image_logits.shape[-1]).float(), targets.reshape(-1),
-                           reduction=reduction)
-    return loss.view(targets.shape) if reduction == "none" else loss
 
 
 def decay_groups(gpt: nn.Module, weight_decay: float) -> list[dict]:
@@ -78,10 +59,7 @@ class TransformerTask:
     best_metric = ("nll", "min")  # held-out NLL per token picks the exported model
 
     def __init__(self, model: Transformer, pkeep: float = 1.0, cond_dropout: float = 0.0, image_key: str = "image"):
-        if not 0.0 < pkeep <= 1.0:
-            raise ValueError(f"pkeep: expected a value in (0, 1], got {pkeep}")
-        if cond_dropout and not model.conditioning.classifier_free:
-            raise ValueError("cond_dropout: needs model.conditioning.classifier_free: true (a null condition id)")
+        # pkeep and cond_dropout are checked where they are read (TransformerRunConfig), before any work
         self.model, self.pkeep, self.cond_dropout, self.image_key = model, pkeep, cond_dropout, image_key
         self.model.train()  # the GPT (dropout) trains; the frozen stages keep themselves in eval mode
 
@@ -98,7 +76,7 @@ class TransformerTask:
         corrupted = self.model.corrupt(codes, self.pkeep) if self.pkeep < 1.0 else None
         if self.cond_dropout:
             cond = self.model.drop_condition(cond, self.cond_dropout)
-        loss = sequence_loss(self.model, modules["gpt"], codes, cond, corrupted)
+        loss = self.model(codes, cond, corrupted, network=modules["gpt"])[1]
         yield "gpt", loss, {"loss": loss.detach(), "bits_per_token": loss.detach() / LN2}
 
     @torch.no_grad()
@@ -106,7 +84,7 @@ class TransformerTask:
         total, tokens, images = 0.0, 0, 0
         for batch in batches:
             codes, cond = self.tokens(batch)
-            nll = sequence_loss(self.model, model, codes, cond, reduction="none")
+            nll = self.model(codes, cond, reduction="none", network=model)[1]
             total += nll.double().sum().item()
             tokens += nll.numel()
             images += nll.shape[0]

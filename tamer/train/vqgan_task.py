@@ -15,21 +15,7 @@ from tamer.metrics.codebook import codebook_statistics
 from tamer.metrics.tally import ReconstructionTally
 from tamer.train.distributed import all_reduce_sum
 from tamer.vqgan.loss import VQGANLoss
-from tamer.vqgan.model import VQGAN
-
-
-def one_hot_labels(labels: torch.Tensor, channels: int) -> torch.Tensor:
-    """Label maps ``B×H×W`` (or ``B×1×H×W``) -> float one-hot ``B×channels×H×W`` in {0, 1}, the input of a
-    segmentation VQGAN (as :class:`~tamer.ar.conditioning.SpatialVQ` prepares conditions)."""
-    if labels.dim() == 4 and labels.shape[1] == 1:
-        labels = labels[:, 0]
-    if labels.dim() != 3:
-        raise ValueError(f"label map: expected B×H×W integers, got {tuple(labels.shape)}")
-    low, high = int(labels.min()), int(labels.max())
-    if low < 0 or high >= channels:
-        raise ValueError(f"label map: labels must lie in 0..{channels - 1} (model.autoencoder.in_channels), "
-                         f"got {low}..{high}")
-    return torch.nn.functional.one_hot(labels.long(), channels).permute(0, 3, 1, 2).float()
+from tamer.vqgan.model import VQGAN, one_hot_labels
 
 
 class VQGANTask:

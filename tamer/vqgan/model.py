@@ -131,3 +131,17 @@ class VQGAN(nn.Module, Pretrained):
         x = F.conv2d(x, self.colorize.to(x))
         low, high = x.amin(dim=(1, 2, 3), keepdim=True), x.amax(dim=(1, 2, 3), keepdim=True)
         return 2.0 * (x - low) / (high - low).clamp_min(1e-8) - 1.0
+
+
+def one_hot_labels(labels: torch.Tensor, channels: int) -> torch.Tensor:
+    """Label maps ``B×H×W`` (or ``B×1×H×W``) -> float one-hot ``B×channels×H×W`` in {0, 1}, the input of a
+    segmentation VQGAN, in training and as a spatial condition (``channels``: its ``autoencoder.in_channels``)."""
+    if labels.dim() == 4 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.dim() != 3:
+        raise ValueError(f"label map: expected B×H×W integers, got {tuple(labels.shape)}")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= channels:
+        raise ValueError(f"label map: labels must lie in 0..{channels - 1} (autoencoder.in_channels), "
+                         f"got {low}..{high}")
+    return torch.nn.functional.one_hot(labels.long(), channels).permute(0, 3, 1, 2).float()
