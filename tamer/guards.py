@@ -104,13 +104,6 @@ positive_float = _argparse_type(check_number, 0.0, None, True)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-def precision_option(parser: argparse.ArgumentParser) -> None:
-    """``--precision``, auto by default: bf16 where it is fast here, fp32 elsewhere."""
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="auto (default): bf16 on GPUs with bf16 and CPUs with AMX or AVX512-BF16, fp32 "
-                             "elsewhere; fp32, bf16 or fp16 force one (codes are always chosen in fp32)")
-
-
 def set_max_pixels(pixels: int) -> None:
     """``--max-pixels``: the per-image model limit becomes ``pixels`` and the file limit at least that."""
     global MAX_IMAGE_PIXELS, MAX_MODEL_PIXELS

@@ -107,7 +107,7 @@ def test_decode_rejects_codes_outside_the_vocabulary(model_dir, tmp_path, capsys
 
 
 def test_demo_reconstructs_the_bundled_photos(model_dir, tmp_path):
-    assert cli(["demo", "--photos", "--model", str(model_dir), "--size", "64", "--out", str(tmp_path / "demo")]) == 0
+    assert cli(["demo-photos", "--model", str(model_dir), "--size", "64", "--out", str(tmp_path / "demo")]) == 0
     summary = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert set(summary["psnr_db"]) == {"astronaut", "coffee", "chelsea", "rocket"}
     assert summary["codes_shape"] == [4, 16, 16]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from tamer.cli.options import device_option
+
 
 def add_app_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     help = "Serve a web page to sample from transformers and reconstruct with VQGANs (needs tamer-vq[app])."
@@ -13,7 +15,7 @@ def add_app_command(commands: argparse._SubParsersAction) -> argparse.ArgumentPa
                      help="a tamer model folder or CompVis .ckpt (project.yaml beside it); repeat for more tabs")
     sub.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     sub.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    sub.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    device_option(sub)
     return sub
 
 

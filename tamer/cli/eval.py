@@ -1,4 +1,5 @@
-"""``tamer eval``: parses the evaluation commands and calls :mod:`tamer.metrics`; no logic of its own beyond that.
+"""``tamer eval``: parses the evaluation commands and calls :mod:`tamer.metrics` (what ``--data`` names becomes
+a dataset in :mod:`tamer.metrics.eval_data`).
 
 - ``tamer eval recon --model M --data DIR|procedural|data.yaml``: PSNR, SSIM, LPIPS, codebook use, rFID.
 - ``tamer eval nll --model M --data DIR|procedural|data.yaml``: held-out NLL/token, bits/token, bits/dim.
@@ -16,10 +17,8 @@ import argparse
 from pathlib import Path
 
 from tamer import guards
-
-#: the procedural data's default evaluation seed: held out from training (seed 0), as configs/vqgan_tiny_cpu.yaml
-PROCEDURAL_EVAL_SEED = 12345
-PROCEDURAL_EVAL_LENGTH = 1000
+from tamer.cli.options import device_option, model_option, precision_option
+from tamer.metrics.eval_data import FOLDER_KINDS, PROCEDURAL_EVAL_LENGTH, PROCEDURAL_EVAL_SEED
 
 
 def add_eval_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -34,8 +33,7 @@ def add_eval_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
                            description="Reconstruct a dataset with a VQGAN: PSNR, SSIM, LPIPS, codebook usage and "
                                        "perplexity over the whole set, and rFID (reconstructions vs originals).")
     sub.set_defaults(run=run_recon)
-    sub.add_argument("--model", required=True, help="tamer checkpoint folder, or a CompVis .ckpt")
-    sub.add_argument("--config", help="project.yaml of a CompVis .ckpt (found beside it when omitted)")
+    model_option(sub)
     sub.add_argument("--data", required=True,
                      help="an image folder, 'procedural' (the built-in shapes), or a YAML file holding a data config")
     sub.add_argument("--size", type=guards.positive_int,
@@ -50,7 +48,7 @@ def add_eval_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
     sub.add_argument("--vgg", type=Path, help="VGG16 weights for LPIPS (default: torchvision's cache file)")
     sub.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     sub.add_argument("--no-fid", action="store_true", help="skip rFID")
-    guards.precision_option(sub)
+    precision_option(sub)
     _common_options(sub, batch_size=8)
 
     sub = kinds.add_parser("nll", help="Held-out NLL per token, bits per token and bits/dim of a Transformer.",
@@ -58,8 +56,7 @@ def add_eval_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
                                        "(nats), bits per token, and bits per dimension (a whole image's token bits "
                                        "/ (H*W*3)), over a dataset encoded by the model's own first stage.")
     sub.set_defaults(run=run_nll)
-    sub.add_argument("--model", required=True, help="a tamer Transformer folder (or a CompVis transformer .ckpt)")
-    sub.add_argument("--config", help="project.yaml of a CompVis .ckpt (found beside it when omitted)")
+    model_option(sub, help="a tamer Transformer folder (or a CompVis transformer .ckpt)")
     sub.add_argument("--data", required=True,
                      help="a folder (read as --kind says), 'procedural' (the built-in shapes), or a YAML file "
                           "holding a data config")
@@ -76,8 +73,8 @@ def add_eval_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
     sub.add_argument("--batch-size", type=guards.positive_int, default=16, help="default 16")
     sub.add_argument("--workers", type=guards.non_negative_int,
                      default=0, help="DataLoader workers decoding images (default 0)")
-    sub.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    guards.precision_option(sub)
+    device_option(sub)
+    precision_option(sub)
     sub.add_argument("--out", type=Path, help="save results as JSON here")
 
     sub = kinds.add_parser("samples", help="FID, KID, IS and precision/recall of generated images.",
@@ -122,32 +119,16 @@ def add_eval_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
                      default=8000, help="real scenes it trains on (default 8000)")
     sub.add_argument("--limit", type=guards.positive_int,
                      default=512, help="held-out scenes for its own accuracy (default 512)")
-    sub.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    guards.precision_option(sub)
+    device_option(sub)
+    precision_option(sub)
     sub.add_argument("--out", type=Path, help="save results as JSON here")
     return evaluate
-
-
-#: ``--kind`` -> DataConfig.kind of a folder given as ``--data``
-FOLDER_KINDS = {"images": "folder", "classes": "classes", "pairs": "pairs"}
 
 
 def _kind_option(sub: argparse.ArgumentParser, default: str) -> None:
     sub.add_argument("--kind", choices=sorted(FOLDER_KINDS), help="how a --data folder is read: images (every image "
                      "under it), classes (FOLDER/<class>/<images>) or pairs (FOLDER/images + FOLDER/segmentations) "
                      f"(default: {default})")
-
-
-def folder_kind(model, kind: str | None) -> str:
-    """The DataConfig kind of a ``--data`` folder: ``--kind``, else what the model's condition needs."""
-    if kind is not None:
-        return FOLDER_KINDS[kind]
-    conditioning = getattr(model.config, "conditioning", None)
-    if conditioning is not None and conditioning.kind == "class":
-        return "classes"
-    if conditioning is not None and conditioning.kind == "spatial" and conditioning.key == "segmentation":
-        return "pairs"
-    return "folder"
 
 
 def _common_options(sub: argparse.ArgumentParser, batch_size: int, out_help: str = "save results as JSON here",
@@ -161,7 +142,7 @@ def _common_options(sub: argparse.ArgumentParser, batch_size: int, out_help: str
     sub.add_argument("--batch-size", type=guards.positive_int, default=batch_size, help=f"default {batch_size}")
     sub.add_argument("--workers", type=guards.non_negative_int,
                      default=0, help="DataLoader workers decoding images (default 0)")
-    sub.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    device_option(sub)
     sub.add_argument("--out", type=Path, required=out_required, help=out_help)
 
 
@@ -174,54 +155,11 @@ def _stand_in(spec: str | None):
     return torchvision_stand_in(arch, path or None)
 
 
-def data_config(spec: str, size: int | None, default_size: int, limit: int | None, seed: int,
-                kind: str = "folder"):
-    """``--data`` as a DataConfig: a folder (read as ``kind``), ``procedural``, or a YAML file (its ``data:``
-    section or the whole).
-
-    ``size`` (``--size``) wins over a YAML file's own; folders and procedural data default to ``default_size``.
-    """
-    from dataclasses import replace
-
-    from tamer.config import from_dict, read_yaml
-    from tamer.data import DataConfig
-
-    if spec != "procedural" and Path(spec).suffix in (".yaml", ".yml") and Path(spec).is_file():
-        raw = read_yaml(spec)
-        config = from_dict(DataConfig, raw.get("data", raw), "data")
-        return replace(config, size=size, crop=None) if size is not None else config
-    size = size or default_size
-    if spec == "procedural":
-        return DataConfig(kind="procedural", size=size, length=limit or PROCEDURAL_EVAL_LENGTH, seed=seed)
-    path = Path(spec)
-    if not path.is_dir():
-        raise FileNotFoundError(f"--data: {spec} is neither an image folder, 'procedural', nor a YAML data config")
-    return DataConfig(kind=kind, path=str(path), size=size)
-
-
 def _check_out(args, suffix: str = ".json") -> None:
     """``--out`` is checked before any work: a folder, an input, or a file in a file would lose the result."""
     if getattr(args, "out", None) is not None:
         inputs = [Path(p) for p in (getattr(args, "model", None), getattr(args, "ref", None)) if p]
         guards.check_output_file(args.out, inputs, suffix=suffix)
-
-
-def _usable(dataset, limit: int | None, notes: list[str]):
-    """A file dataset cut to its first ``limit`` files with the unreadable ones left out, so every image evaluated
-    is a distinct file and the count is true (at run time a bad file would be replaced by its neighbour)."""
-    from tamer.data.files import FileDataset
-
-    if not isinstance(dataset, FileDataset):
-        return dataset
-    if limit is not None:
-        dataset.records = dataset.records[:limit]
-    total = len(dataset.records)
-    bad = dataset.scan(drop=True, progress=False)
-    if bad:
-        first = next(iter(bad.values()))
-        notes.append(f"{len(bad)} of {total} files unreadable or too large, left out; {len(dataset)} evaluated "
-                     f"(first: {first})")
-    return dataset
 
 
 def _finish(result, out: Path | None) -> int:
@@ -235,21 +173,14 @@ def _finish(result, out: Path | None) -> int:
 def run_recon(args) -> int:
     from tamer.api import announce_precision, load_model, model_device
     from tamer.config import to_dict
-    from tamer.data import build_dataset
     from tamer.metrics import evaluate_reconstructions
+    from tamer.metrics.eval_data import reconstruction_data
 
     _check_out(args)
     model = load_model(args.model, config=args.config, device=args.device)
     if not hasattr(model.config, "autoencoder"):
         raise ValueError(f"{args.model}: `tamer eval recon` needs a VQGAN, this is a {type(model).__name__}")
-    config = data_config(args.data, args.size, model.config.autoencoder.resolution, args.limit, args.seed,
-                         folder_kind(model, args.kind))
-    side = config.crop or config.size
-    if side % model.downsample_factor:
-        raise ValueError(f"--size: {side} is not a multiple of the model's downsampling factor "
-                         f"{model.downsample_factor}")
-    notes: list[str] = []
-    dataset = _usable(build_dataset(config), args.limit, notes)
+    config, dataset, notes = reconstruction_data(model, args.data, args.size, args.limit, args.seed, args.kind)
     result = evaluate_reconstructions(
         model, dataset, limit=args.limit, batch_size=args.batch_size, num_workers=args.workers,
         features=_stand_in(args.features), inception_path=args.inception, fid=not args.no_fid, vgg_path=args.vgg,
@@ -260,29 +191,16 @@ def run_recon(args) -> int:
 
 
 def run_nll(args) -> int:
-    from dataclasses import replace
-
     from tamer.api import announce_precision, load_model, model_device
     from tamer.config import to_dict
-    from tamer.data import build_dataset
+    from tamer.metrics.eval_data import likelihood_data
     from tamer.metrics.likelihood import evaluate_likelihood
 
     _check_out(args)
     model = load_model(args.model, config=args.config, device=args.device)
     if not hasattr(model, "token_nll"):
         raise ValueError(f"{args.model}: `tamer eval nll` needs a Transformer, this is a {type(model).__name__}")
-    height, width = model.config.image_size
-    config = data_config(args.data, args.size, height, args.limit, args.seed, folder_kind(model, args.kind))
-    conditioning = model.config.conditioning
-    if config.kind == "procedural" and conditioning.kind == "class":
-        config = replace(config, num_classes=min(config.num_classes, conditioning.num_classes))
-    side = config.crop or config.size
-    if (side, side) != (height, width):
-        raise ValueError(f"--size: the model was trained on {height}×{width} images; {side}×{side} would need "
-                         "sliding-window likelihoods, which are not implemented")
-    notes: list[str] = []
-    dataset = _usable(build_dataset(config), args.limit, notes)
-    check_classes(model, dataset, args.data)
+    config, dataset, notes = likelihood_data(model, args.data, args.size, args.limit, args.seed, args.kind)
     result = evaluate_likelihood(model, dataset, limit=args.limit, batch_size=args.batch_size,
                                  num_workers=args.workers, image_key=args.image_key,
                                  data_protocol={"spec": args.data, "config": to_dict(config)},
@@ -290,18 +208,6 @@ def run_nll(args) -> int:
     result.protocol["model"] = str(args.model)
     result.notes += notes
     return _finish(result, args.out)
-
-
-def check_classes(model, dataset, spec: str) -> None:
-    """A class folder must hold the classes the model was trained on, in the same order (labels would shift)."""
-    from tamer.ar.class_names import class_set_difference
-
-    names = getattr(model.config.conditioning, "class_names", None)
-    found = getattr(dataset, "classes", None)
-    if names and found is not None and getattr(dataset, "root", None) is not None:
-        problem = class_set_difference(names, found, f"--data {spec}", "the model's")
-        if problem:
-            raise ValueError(problem)
 
 
 def run_samples(args) -> int:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from tamer import guards
+from tamer.cli.options import device_option, height_by_width, max_pixels_option, model_option, precision_option
 
 
 def add_sample_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -13,8 +14,7 @@ def add_sample_command(commands: argparse._SubParsersAction) -> argparse.Argumen
     sub = commands.add_parser("sample", help=help, description=help + " Sizes beyond the training size use the "
                               "sliding-window sampler.")
     sub.set_defaults(run=run_sample)
-    sub.add_argument("--model", required=True, help="a tamer transformer folder, or a CompVis Net2NetTransformer .ckpt")
-    sub.add_argument("--config", help="project.yaml of a CompVis .ckpt (found beside it when omitted)")
+    model_option(sub, help="a tamer transformer folder, or a CompVis Net2NetTransformer .ckpt")
     sub.add_argument("--class", dest="classes", nargs="+", metavar="NAME",
                      help="classes of a class-conditional model, by name (its training folders' names) or label "
                           "number; -n samples of each")
@@ -31,25 +31,11 @@ def add_sample_command(commands: argparse._SubParsersAction) -> argparse.Argumen
                      help="classifier-free guidance scale (needs a model trained with classifier_free; 1: off)")
     sub.add_argument("--seed", type=guards.seed, default=0, help="sample i uses seed + i, in any batch (default 0)")
     sub.add_argument("--batch-size", type=guards.positive_int, default=8)
-    sub.add_argument("--max-pixels", type=guards.positive_int, metavar="N",
-                     help=f"pixels per sample (default at most {guards.MAX_MODEL_PIXELS}, 2048×2048)")
-    sub.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    guards.precision_option(sub)
+    max_pixels_option(sub, "pixels per sample")
+    device_option(sub)
+    precision_option(sub)
     sub.add_argument("--out", type=Path, required=True, help="output folder")
     return sub
-
-
-def height_by_width(unit: str, example: str):
-    """An argparse type for ``HxW`` (or one number for a square) in ``unit``."""
-    def parse(text: str) -> tuple[int, int]:
-        parts = text.lower().replace("×", "x").split("x")
-        try:
-            if len(parts) in (1, 2) and all(int(p) > 0 for p in parts):
-                return int(parts[0]), int(parts[-1])
-        except ValueError:
-            pass
-        raise argparse.ArgumentTypeError(f"expected HxW in {unit}, e.g. {example}, got {text!r}")
-    return parse
 
 
 _size = height_by_width("pixels", "256x512")

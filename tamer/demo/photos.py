@@ -1,4 +1,4 @@
-"""`tamer demo --photos`: the photos that ship with scikit-image through a VQGAN (a converted CompVis one, say),
+"""`tamer demo-photos`: the photos that ship with scikit-image through a VQGAN (a converted CompVis one, say),
 written with their PSNR."""
 
 from __future__ import annotations
