@@ -280,8 +280,9 @@ def train_transformer(config: TransformerRunConfig, run_dir: str | Path, resume:
     context = setup(config.train.device)
     try:
         torch.manual_seed(config.train.seed)  # the same initial GPT on every process
-        config.data, config.val_data = fit_data_sizes(config.data, config.val_data,
-                                                      report=print if context.is_main else lambda _: None)
+        data, val_data = fit_data_sizes(config.data, config.val_data,
+                                        report=print if context.is_main else lambda _: None)
+        config = replace(config, data=data, val_data=val_data)  # the caller's config is left as it is
         raw_train = build_dataset(_cacheable(config.data) if config.cache_codes else config.data)
         raw_val = build_dataset(config.val_data) if config.val_data is not None else None  # lists files only
         if raw_val is not None:

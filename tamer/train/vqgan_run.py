@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -48,14 +48,14 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
 
 
 def build_model_and_loss(config: VQGANRunConfig) -> tuple[VQGAN, VQGANLoss]:
-    """A fresh model and loss, or those a checkpoint named by ``init_from`` provides."""
+    """A fresh model and loss, or those a checkpoint named by ``init_from`` provides (whose own model config then
+    holds: read it from the model, ``config`` is left as it is)."""
     if config.init_from is None:
         return VQGAN(config.model), VQGANLoss.from_config(config.loss, config.vgg_path)
     source = Path(config.init_from)
     model = load(source, config=config.init_config)
     if not isinstance(model, VQGAN):
         raise ConfigError(f"init_from: {source} holds a {type(model).__name__}, not a VQGAN")
-    config.model = model.config
     if source.is_dir() or source.name == "model.safetensors":
         return model.train(), VQGANLoss.from_config(config.loss, config.vgg_path)
     state = read_taming_checkpoint(source)
@@ -78,9 +78,10 @@ def train_vqgan(config: VQGANRunConfig, run_dir: str | Path, resume: bool = Fals
     context = setup(config.train.device)
     try:
         torch.manual_seed(config.train.seed)  # the same initial weights for any number of processes
-        config.data, config.val_data = fit_data_sizes(config.data, config.val_data,
-                                                      report=print if context.is_main else lambda _: None)
+        data, val_data = fit_data_sizes(config.data, config.val_data,
+                                        report=print if context.is_main else lambda _: None)
         model, loss = build_model_and_loss(config)
+        config = replace(config, model=model.config, data=data, val_data=val_data)  # what this run really is
         loss = loss.to(context.device)  # LPIPS too, not only the discriminator that the trainer moves
         task = VQGANTask(model, loss, image_key=config.image_key)
         train_data = build_dataset(config.data)
