@@ -82,3 +82,17 @@ def test_run_configs_take_preset_names_from_any_folder(tmp_path, monkeypatch):
     assert transformer_config("transformer_custom_classes").model.conditioning["kind"] == "class"
     with pytest.raises(ConfigError, match="neither a file nor a shipped preset"):
         vqgan_config("vqgan_tiny_cpux")
+
+
+def test_each_stage_brings_the_original_optimizer_defaults():
+    from tamer.train.transformer_run import load_run_config as transformer_config
+    from tamer.train.vqgan_run import load_run_config as vqgan_config
+
+    vqgan = vqgan_config(None).train
+    assert (vqgan.lr, vqgan.betas, vqgan.weight_decay) == (4.5e-6, (0.5, 0.9), 0.0)
+    gpt = transformer_config(None, ["first_stage=some/vqgan"]).train
+    assert (gpt.lr, gpt.betas, gpt.weight_decay) == (3e-4, (0.9, 0.95), 0.01)
+    assert vqgan_config(None, ["train.lr=2e-4"]).train.betas == (0.5, 0.9)  # a value given keeps the other defaults
+    assert vqgan_config("vqgan_tiny_cpu").train.lr == 1e-3  # a preset's own value wins
+    with pytest.raises(ConfigError, match="train: expected a mapping"):
+        vqgan_config(None, ["train=5"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from tamer.config import checked_keywords
+from tamer.config import checked_keywords, merge
 
 
 @checked_keywords
@@ -14,8 +14,10 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 8  # per process; the global batch is batch_size × grad_accum × world size
     grad_accum: int = 1
-    lr: float = 4.5e-6  # per optimizer step at the global batch (no implicit scaling)
-    betas: tuple[float, float] = (0.5, 0.9)
+    # Adam's own defaults; each stage's load_run_config puts the original's in front (VQGAN_TRAIN_DEFAULTS,
+    # TRANSFORMER_TRAIN_DEFAULTS), so a preset that leaves them out trains as the original did.
+    lr: float = 1e-3  # per optimizer step at the global batch (no implicit scaling)
+    betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     warmup_steps: int = 0
     schedule: Literal["constant", "cosine"] = "constant"
@@ -69,3 +71,12 @@ def effective_ema_decay(config: TrainConfig) -> tuple[float | None, str | None]:
     return None, (f"train.ema_decay: {decay:g} averages over about {horizon:,.0f} steps, more than a quarter of this "
                   f"run's {config.steps:,}; EMA is off (its weights would be mostly the first steps'); {fix}, or "
                   "set train.ema_auto=false to keep it")
+
+
+def with_train_defaults(document: dict, defaults: dict) -> dict:
+    """``document`` with a stage's optimizer ``defaults`` under its ``train:`` section (the section's own values
+    win; a section that is not a mapping is left for the config reader to name)."""
+    train = document.get("train")
+    if train is None or isinstance(train, dict):
+        document = {**document, "train": merge(defaults, train or {})}
+    return document

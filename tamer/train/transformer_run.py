@@ -28,7 +28,7 @@ from tamer.guards import prepare_run_folder
 from tamer.loading import load
 from tamer.nn.gpt import GPTConfig
 from tamer.presets import preset_path
-from tamer.train.config import TrainConfig
+from tamer.train.config import TrainConfig, with_train_defaults
 from tamer.train.distributed import DistributedContext, barrier, setup, teardown
 from tamer.train.summary import fit_data_sizes, start_line
 from tamer.train.trainer import Trainer
@@ -36,7 +36,7 @@ from tamer.train.transformer_task import TransformerTask
 from tamer.vqgan.model import VQGAN, VQGANConfig
 
 #: the original minGPT's optimizer settings, used where a preset does not set them
-TRAIN_DEFAULTS = {"betas": [0.9, 0.95], "weight_decay": 0.01, "lr": 3.0e-4}
+TRANSFORMER_TRAIN_DEFAULTS = {"betas": [0.9, 0.95], "weight_decay": 0.01, "lr": 3.0e-4}
 
 
 @dataclass
@@ -113,7 +113,7 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
     overrides on top; every key and value is checked."""
     document = read_yaml(preset_path(path)) if path else {}
     document = merge(document, parse_overrides(overrides or []))
-    document["train"] = merge(TRAIN_DEFAULTS, document.get("train") or {})
+    document = with_train_defaults(document, TRANSFORMER_TRAIN_DEFAULTS)
     return from_dict(TransformerRunConfig, document)
 
 

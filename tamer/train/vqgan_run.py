@@ -15,7 +15,7 @@ from tamer.guards import prepare_run_folder
 from tamer.loading import load
 from tamer.nn.perceptual import lpips_from_compvis, lpips_unavailable_reason
 from tamer.presets import preset_path
-from tamer.train.config import TrainConfig
+from tamer.train.config import TrainConfig, with_train_defaults
 from tamer.train.distributed import setup, teardown
 from tamer.train.summary import fit_data_sizes, parameter_count, start_line
 from tamer.train.trainer import Trainer
@@ -40,11 +40,18 @@ class VQGANRunConfig:
     init_config: str | None = None
 
 
+#: the original VQGAN's optimizer settings (base_learning_rate 4.5e-6, Adam betas 0.5/0.9), where a preset does not
+#: set them
+VQGAN_TRAIN_DEFAULTS = {"lr": 4.5e-6, "betas": [0.5, 0.9]}
+
+
 def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> VQGANRunConfig:
     """A preset (a YAML file, or a shipped preset's name such as ``vqgan_tiny_cpu``) with ``key=value``
     overrides on top; every key and value is checked."""
     document = read_yaml(preset_path(path)) if path else {}
-    return from_dict(VQGANRunConfig, merge(document, parse_overrides(overrides or [])))
+    document = merge(document, parse_overrides(overrides or []))
+    document = with_train_defaults(document, VQGAN_TRAIN_DEFAULTS)
+    return from_dict(VQGANRunConfig, document)
 
 
 def build_model_and_loss(config: VQGANRunConfig) -> tuple[VQGAN, VQGANLoss]:
