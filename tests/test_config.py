@@ -96,3 +96,16 @@ def test_each_stage_brings_the_original_optimizer_defaults():
     assert vqgan_config("vqgan_tiny_cpu").train.lr == 1e-3  # a preset's own value wins
     with pytest.raises(ConfigError, match="train: expected a mapping"):
         vqgan_config(None, ["train=5"])
+
+
+def test_epochs_decide_the_steps_from_the_data_size():
+    from tamer.train.config import TrainConfig, steps_for_data
+
+    config = TrainConfig(steps=10, epochs=2.5, batch_size=8, grad_accum=2)
+    resolved, note = steps_for_data(config, items=1000, world_size=2)
+    assert resolved.steps == 79 and "-> 79 steps" in note  # ceil(2.5 × 1000 / 32)
+    assert steps_for_data(TrainConfig(steps=10), 1000) == (TrainConfig(steps=10), None)
+    assert steps_for_data(TrainConfig(epochs=0.001, batch_size=8), 10)[0].steps == 1
+    for bad in (0, -1, float("nan")):
+        with pytest.raises(ValueError, match="train.epochs"):
+            TrainConfig(epochs=bad)

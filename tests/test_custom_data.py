@@ -171,3 +171,22 @@ def test_a_held_out_folder_missing_a_class_is_refused(photos, vqgan, tmp_path):
             f"val_data.path={val}", *MICRO_GPT, *MICRO_TRAIN]), tmp_path / "run")
     assert str(error.value) == (f"val_data.path {val}: its classes differ from the training data's (missing cat); "
                                 "the labels would mean other classes")
+
+
+def test_the_cpu_presets_fit_their_steps_to_the_data(photos, tmp_path, capsys):
+    """The CPU-sized presets as shipped (their own model sizes), with train.epochs deciding the steps."""
+    quick = ["train.epochs=2", "train.batch_size=8", "train.val_every=3", "train.checkpoint_every=3",
+             "train.val_batches=1", "train.precision=fp32", "loss.perceptual_weight=0"]
+    folders = [f"data.path={photos / 'train' / 'classes'}", f"val_data.path={photos / 'val' / 'classes'}"]
+    train_vqgan(vqgan_config("vqgan_custom_cpu", [*folders, *quick]), tmp_path / "vqgan")
+    out = capsys.readouterr().out
+    assert "train.epochs: 2 passes over 24 items at 8 per step -> 6 steps" in out
+    assert "vqgan: 24 images in classes, 64×64 px -> 8×8 codes of 512, " in out
+    assert json.loads((tmp_path / "vqgan" / "config.json").read_text())["resolved_steps"] == 6
+    train_transformer(transformer_config("transformer_custom_classes_cpu", [
+        f"first_stage={tmp_path / 'vqgan' / 'model'}", *folders, *quick[:-1]]), tmp_path / "classes")
+    out = capsys.readouterr().out
+    assert "train.epochs: 2 passes over 24 items at 8 per step -> 6 steps" in out and "3 classes" in out
+    model = tamer.load(tmp_path / "classes" / "model")
+    assert (model.config.gpt.n_layer, model.config.gpt.n_embd) == (4, 256)
+    assert model.conditioning.class_names == ("astronaut", "cat", "coffee")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from tamer.config import checked_keywords, merge
@@ -12,6 +13,9 @@ from tamer.config import checked_keywords, merge
 @dataclass
 class TrainConfig:
     steps: int = 1000
+    # Passes over the training data; when set, it decides the steps (ceil(epochs × items / global batch), printed
+    # at start), so one preset fits a folder of 300 images or of 30,000.
+    epochs: float | None = None
     batch_size: int = 8  # per process; the global batch is batch_size × grad_accum × world size
     grad_accum: int = 1
     # Adam's own defaults; each stage's load_run_config puts the original's in front (VQGAN_TRAIN_DEFAULTS,
@@ -46,6 +50,8 @@ class TrainConfig:
                      "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name}: must be at least 1, got {getattr(self, name)}")
+        if self.epochs is not None and not (math.isfinite(self.epochs) and self.epochs > 0):
+            raise ValueError(f"train.epochs: expected a positive number or null, got {self.epochs}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay: expected a value in (0, 1) or null, got {self.ema_decay}")
 
@@ -80,3 +86,14 @@ def with_train_defaults(document: dict, defaults: dict) -> dict:
     if train is None or isinstance(train, dict):
         document = {**document, "train": merge(defaults, train or {})}
     return document
+
+
+def steps_for_data(config: TrainConfig, items: int, world_size: int = 1) -> tuple[TrainConfig, str | None]:
+    """``config`` with ``steps`` decided by ``epochs`` over ``items`` training items (``world_size`` processes of
+    ``batch_size × grad_accum`` each), and the line that says so; unchanged (and None) without ``epochs``."""
+    if config.epochs is None:
+        return config, None
+    per_step = config.batch_size * config.grad_accum * world_size
+    steps = max(1, math.ceil(config.epochs * items / per_step))
+    return replace(config, steps=steps), (f"train.epochs: {config.epochs:g} passes over {items:,} items at "
+                                          f"{per_step} per step -> {steps:,} steps (train.steps is not used)")

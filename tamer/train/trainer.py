@@ -30,7 +30,7 @@ from tamer.errors import TrainingDiverged  # noqa: F401 (re-exported)
 from tamer.imageio import save_image
 from tamer.progress import progress_bar
 from tamer.train import resume as ckpt
-from tamer.train.config import TrainConfig, effective_ema_decay
+from tamer.train.config import TrainConfig, effective_ema_decay, steps_for_data
 from tamer.train.curves import write_curves
 from tamer.train.data_order import ResumableSampler, SeededItems
 from tamer.train.distributed import DistributedContext, all_reduce_mean, barrier, setup
@@ -88,8 +88,11 @@ class Trainer:
     def __init__(self, task: Task, config: TrainConfig, train_data: Dataset, run_dir: str | Path,
                  val_data: Dataset | None = None, run_config: dict | None = None,
                  context: DistributedContext | None = None):
-        self.task, self.config, self.run = task, config, Path(run_dir)
         self.ctx = context or setup(config.device)
+        config, steps_note = steps_for_data(config, len(train_data), self.ctx.world_size)
+        if steps_note and self.ctx.is_main:
+            print(steps_note)
+        self.task, self.config, self.run = task, config, Path(run_dir)
         self.device = self.ctx.device
         self.precision = resolve_precision(config.precision, self.device)  # auto resolved once, here
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", self.ctx.world_size))
@@ -97,7 +100,8 @@ class Trainer:
         if note and self.ctx.is_main:
             print(note)
         self.val_data = val_data
-        self.run_config = {**(run_config or {}), "resolved_precision": self.precision.name}
+        self.run_config = {**(run_config or {}), "resolved_precision": self.precision.name,
+                           "resolved_steps": config.steps}
         torch.manual_seed(config.seed + self.ctx.rank)
 
         self.raw = {name: module.to(self.device) for name, module in task.modules().items()}
