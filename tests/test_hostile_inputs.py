@@ -32,6 +32,41 @@ ROOT = Path(__file__).resolve().parents[1]
 TAMING_YAML = ROOT / "tests/data/taming/vqgan_imagenet_f16_1024.yaml"
 
 
+#: headroom above the test process's address space when the module starts: every case runs under it
+MEMORY_HEADROOM = 3 << 30
+
+
+def address_space() -> int:
+    """This process's virtual memory size in bytes (VmSize in /proc/self/status)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmSize in /proc/self/status")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def bounded_memory():
+    """Every case in this module runs under an address-space limit of 3 GiB above what the process held when the
+    module started (RLIMIT_AS, soft limit only, restored after): an input that makes tamer allocate what a file or a
+    number declares, instead of refusing it first, fails its test with a MemoryError."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = address_space() + MEMORY_HEADROOM
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        yield limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def test_the_cases_run_under_a_memory_limit(bounded_memory):
+    with pytest.raises(MemoryError):
+        bytearray(MEMORY_HEADROOM + (1 << 30))  # more than the headroom: refused by the OS, not allocated
+
+
 # -- fixtures: micro models and a folder of inputs ------------------------------------------------------------
 def micro_vqgan() -> VQGAN:
     autoencoder = AutoencoderConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), z_channels=8,
