@@ -62,14 +62,10 @@ class Pretrained:
             from huggingface_hub import snapshot_download
 
             path = Path(snapshot_download(str(name_or_path), allow_patterns=[CONFIG_NAME, WEIGHTS_NAME], **hub_kwargs))
-        if path.is_file() and path.name == WEIGHTS_NAME:
-            path = path.parent
+        path = native_folder(path)
         if not path.is_dir():
             raise CheckpointError(f"{path}: not a tamer checkpoint folder (tamer.load reads CompVis .ckpt files)")
-        held = stored_model_type(path)
-        if held != cls.model_type:
-            raise CheckpointError(f"{path}: holds a {held}, not a {cls.model_type}")
-        return load_native(path, map_location=map_location)
+        return load_native(path, map_location=map_location, expected=cls.model_type)
 
     def push_to_hub(self, repo_id: str, **upload_kwargs) -> str:
         from huggingface_hub import create_repo, upload_folder
@@ -80,7 +76,14 @@ class Pretrained:
             return upload_folder(repo_id=repo_id, folder_path=tmp, **upload_kwargs)
 
 
-def _read_document(directory: Path) -> dict:
+def native_folder(path: Path) -> Path:
+    """The checkpoint folder ``path`` names: itself, or the folder of the ``model.safetensors`` it points at."""
+    return path.parent if path.is_file() and path.name == WEIGHTS_NAME else path
+
+
+def read_config(directory: Path, expected: str | None = None) -> tuple[type, Any, dict]:
+    """The model class, its typed config and the raw document of a native checkpoint folder; with ``expected``
+    (a ``model_type``), a folder holding another kind of model is refused by name."""
     config_path = directory / CONFIG_NAME
     if not config_path.is_file():
         raise CheckpointError(f"{directory}: no {CONFIG_NAME} (not a tamer checkpoint folder)")
@@ -91,20 +94,10 @@ def _read_document(directory: Path) -> dict:
     if not isinstance(document, dict):
         raise CheckpointError(f"{config_path}: expected a JSON object with model_type and config, got a "
                               f"{type(document).__name__}")
-    return document
-
-
-def stored_model_type(directory: Path) -> str:
-    """The ``model_type`` a native checkpoint folder names (not checked against the known classes)."""
-    return str(_read_document(directory).get("model_type"))
-
-
-def read_config(directory: Path) -> tuple[type, Any, dict]:
-    """The model class, its typed config and the raw document of a native checkpoint folder."""
-    config_path = directory / CONFIG_NAME
-    document = _read_document(directory)
     classes = MODEL_CLASSES
     model_type = document.get("model_type")
+    if expected is not None and model_type != expected:
+        raise CheckpointError(f"{directory}: holds a {model_type}, not a {expected}")
     if not isinstance(model_type, str) or model_type not in classes:
         raise CheckpointError(f"{config_path}: model_type {model_type!r} is not one of {sorted(classes)}")
     cls = classes[model_type]
@@ -142,8 +135,9 @@ def build_checked(cls: type, config: Any, shapes: dict[str, tuple[int, ...]], so
     return cls(config)
 
 
-def load_native(directory: Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
-    cls, config, _ = read_config(directory)
+def load_native(directory: Path, map_location: str | torch.device = "cpu",
+                expected: str | None = None) -> torch.nn.Module:
+    cls, config, _ = read_config(directory, expected)
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise CheckpointError(f"{directory}: no {WEIGHTS_NAME}")

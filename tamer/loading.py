@@ -14,7 +14,7 @@ import tamer.ar.model  # noqa: F401 (registers Transformer)
 import tamer.metrics.shape_classifier  # noqa: F401 (registers ShapeClassifier)
 import tamer.metrics.shape_segmenter  # noqa: F401 (registers ShapeSegmenter)
 import tamer.vqgan.model  # noqa: F401 (registers VQGAN)
-from tamer.checkpoints import WEIGHTS_NAME, load_native
+from tamer.checkpoints import load_native, native_folder
 from tamer.compat.load import load_taming_checkpoint
 from tamer.errors import CheckpointError
 
@@ -29,8 +29,7 @@ def load(path: str | Path, config: str | Path | None = None, map_location: str |
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder")
-    if path.is_file() and path.name == WEIGHTS_NAME:
-        path = path.parent
+    path = native_folder(path)
     if path.is_dir():
         if code_shape is not None:
             raise CheckpointError(f"{path}: code_shape is for CompVis transformer checkpoints; a folder stores its own")
