@@ -93,6 +93,8 @@ def main() -> None:
     parser.add_argument("--nll-steps", type=int, default=0, help="steps of the class-conditional transformer (0: none)")
     parser.add_argument("--out", default="runs/tokenizers")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every kind's VQGAN (repeatable), e.g. train.lr=4e-4")
     args = parser.parse_args()
     kinds = args.kinds.split(",")
     unknown = sorted(set(kinds) - set(PRESETS))
@@ -104,7 +106,7 @@ def main() -> None:
         overrides = [f"train.steps={args.steps}", f"train.batch_size={args.batch}", f"train.device={args.device}",
                      f"train.warmup_steps={min(50, args.steps // 10)}", "train.log_every=1",
                      f"train.val_every={args.steps * 10}", f"train.image_every={args.steps * 10}",
-                     f"train.checkpoint_every={args.steps * 10}", f"val_data.length={args.val_length}"]
+                     f"train.checkpoint_every={args.steps * 10}", f"val_data.length={args.val_length}", *args.set]
         config = load_run_config(Path(tamer.__file__).parent / "presets" / f"{PRESETS[kind]}.yaml", overrides)
         run = Path(args.out) / kind
         started = time.perf_counter()
@@ -122,7 +124,8 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
 
     print(f"\nTokenizers at about 8 bits per position: {args.steps} steps, batch {args.batch}, procedural scenes "
-          f"32×32 (f4, 8×8 positions), held-out {args.val_length} scenes; torch {torch.__version__}; {machine()}\n")
+          f"32×32 (f4, 8×8 positions), held-out {args.val_length} scenes"
+          + (f"; overrides {' '.join(args.set)}" if args.set else "") + f"; torch {torch.__version__}; {machine()}\n")
     nll = " class NLL (bits/position) |" if args.nll_steps else ""
     print(f"| kind | codes | bits/position | PSNR (dB) | SSIM | usage | perplexity | position perplexity |{nll} "
           "s/step |")

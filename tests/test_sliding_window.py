@@ -19,6 +19,8 @@ GPT_TINY = {"vocab_size": 64, "block_size": 128, "n_layer": 2, "n_head": 2, "n_e
 NONE = {"kind": "none"}
 CLASS = {"kind": "class", "num_classes": 4, "classifier_free": True}
 COORD = {"kind": "coord", "key": "coord", "coord_levels": 7, "coord_factor": 2}  # factor 2: the first stage's
+LABELS = {"kind": "labels", "key": "segmentation", "num_labels": 5, "label_factor": 2}
+LABELS_CF = dict(LABELS, classifier_free=True)
 GREEDY = SamplingSettings(top_k=1)
 
 
@@ -94,6 +96,12 @@ def coordinates(batch: int, shape) -> torch.Tensor:
     return torch.linspace(0, 1, h)[None, None, :, None].expand(batch, 1, h, w).contiguous()
 
 
+def label_maps(batch: int, shape) -> torch.Tensor:
+    """Label maps for a ``shape`` code grid (pixels: ×2): seeded random labels 0..4, one per 2×2 cell."""
+    cells = torch.randint(0, 5, (batch, *shape), generator=torch.Generator().manual_seed(shape[0] * 100 + shape[1]))
+    return cells.repeat_interleave(2, 1).repeat_interleave(2, 2)
+
+
 # ---- the original's window placement ------------------------------------------------------------------------------
 
 
@@ -114,12 +122,13 @@ def test_window_offset_is_the_originals_for_even_windows_and_stays_inside_for_od
 # ---- greedy decoding equals the original algorithm on the original minGPT --------------------------------------------
 
 
-@pytest.mark.parametrize("conditioning,n_unmasked", [(NONE, 0), (CLASS, 0), (COORD, 0), (COORD, 64)],
-                         ids=["start-token", "class", "coord", "coord-bidirectional-prefix"])
+@pytest.mark.parametrize("conditioning,n_unmasked", [(NONE, 0), (CLASS, 0), (COORD, 0), (COORD, 64), (LABELS, 0)],
+                         ids=["start-token", "class", "coord", "coord-bidirectional-prefix", "label-grid"])
 def test_greedy_grid_equals_the_original_algorithm_on_original_mingpt(conditioning, n_unmasked):
     shape = (24, 20)
     model = make_model(conditioning, n_unmasked=n_unmasked)
-    condition = {"none": None, "class": torch.tensor([1, 3]), "coord": coordinates(2, shape)}[conditioning["kind"]]
+    condition = {"none": None, "class": torch.tensor([1, 3]), "coord": coordinates(2, shape),
+                 "labels": label_maps(2, shape)}[conditioning["kind"]]
     codes = model.sample_codes(condition, 2, GREEDY, code_shape=shape)
     assert codes.shape == (2, *shape) and codes.dtype == torch.long
     cidx = model.condition_tokens(condition, 2)
@@ -198,6 +207,9 @@ WAVEFRONT_CASES = {  # conditioning, condition, grid, settings, options
     "coord-top-k": (COORD, coordinates(2, (13, 15)), (13, 15), TOP_K, {}),
     "coord-guided-top-p": (COORD_CF, coordinates(2, (11, 12)), (11, 12), SamplingSettings(top_p=0.9, cfg_scale=2.0),
                            {}),
+    "labels-top-k": (LABELS, label_maps(2, (12, 13)), (12, 13), TOP_K, {}),
+    "labels-guided-top-k": (LABELS_CF, label_maps(2, (10, 11)), (10, 11), SamplingSettings(top_k=6, cfg_scale=2.0),
+                            {}),
     "slightly-larger": (CLASS, torch.tensor([3, 0]), (9, 9), TOP_K, {}),
     "one-more-column": (NONE, None, (8, 9), TOP_K, {}),
     "one-more-row": (COORD, coordinates(2, (9, 8)), (9, 8), TOP_K, {}),

@@ -47,9 +47,10 @@ def naive_greedy(model: Transformer, cond_tokens: torch.Tensor, steps: int, pref
     (CLASS, torch.tensor([0, 3])),
     ({"kind": "spatial", "key": "segmentation", "stage": SEG_STAGE}, torch.randint(0, 5, (2, 16, 16))),
     ({"kind": "coord", "key": "coord", "coord_levels": 7, "coord_factor": 2}, torch.rand(2, 1, 16, 16)),
+    ({"kind": "labels", "key": "segmentation", "num_labels": 5, "label_factor": 2}, torch.randint(0, 5, (2, 8, 8))),
 ])
 def test_greedy_sampling_equals_full_forward_loop(conditioning, condition):
-    model = make_model(conditioning, code_shape=(4, 4) if conditioning["kind"] in ("spatial", "coord") else (8, 8))
+    model = make_model(conditioning, code_shape=(8, 8) if conditioning["kind"] in ("none", "class") else (4, 4))
     codes = model.sample_codes(condition, 2, SamplingSettings(top_k=1))
     cond = model.condition_tokens(condition, 2).reshape(2, -1)
     expected = naive_greedy(model, cond, codes[0].numel())

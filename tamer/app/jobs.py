@@ -118,11 +118,11 @@ def _request(model: Transformer, controls: Controls, class_label: int | None, co
     c = model.conditioning
     if c.kind == "class" and class_label is None:
         raise ValueError(f"this model is class-conditional: pick a class (0..{c.num_classes - 1})")
-    if c.kind == "spatial" and condition_map is None:
+    if c.takes_map and condition_map is None:
         raise ValueError(f"this model is conditioned on {c.key} maps: upload one"
-                         + (" or draw one" if c.stage.colorize_nlabels is not None else ""))
+                         + (" or draw one" if c.map_labels is not None else ""))
     size = tuple(controls.size) if controls.size else tuple(model.config.image_size)
-    if condition_map is not None and model.conditioning.kind == "spatial":
+    if condition_map is not None and c.takes_map:
         size = tuple(read_condition_map(condition_map, model).shape[-2:])
     classes = None if class_label is None else [int(class_label)]
     request = SampleRequest(controls.num_samples, classes, condition_map, size, controls.seed, controls.num_samples)

@@ -64,7 +64,9 @@ def _describe(served: ServedModel) -> str:
                 f"{model.vocab_size} codes")
     c = model.conditioning
     kind = {"none": "unconditional", "class": f"class-conditional ({c.num_classes} classes)",
-            "spatial": f"conditioned on {c.key} maps", "coord": "conditioned on coordinates"}[c.kind]
+            "spatial": f"conditioned on {c.key} maps",
+            "labels": f"conditioned on {c.key} label maps (read exactly)",
+            "coord": "conditioned on coordinates"}[c.kind]
     h, w = model.config.image_size
     return (f"**{served.path}**: a transformer, {kind}; trained on {h}×{w} pixels "
             f"({model.config.code_shape[0]}×{model.config.code_shape[1]} codes); larger sizes use the sliding window"
@@ -76,7 +78,7 @@ def _transformer_tab(served: ServedModel, key: str, folder: Callable[[str], Path
     c = model.conditioning
     height, width = model.config.image_size
     factor = model.first_stage_model.downsample_factor
-    segmentation = c.kind == "spatial" and c.stage.colorize_nlabels is not None
+    segmentation = c.map_labels is not None
     gr.Markdown(_describe(served))
     with gr.Row():
         with gr.Column(scale=2):
@@ -85,7 +87,7 @@ def _transformer_tab(served: ServedModel, key: str, folder: Callable[[str], Path
                 names = class_names(served.path, c.num_classes, c.class_names)
                 class_label = gr.Dropdown([(f"{k}: {name}", k) for k, name in enumerate(names)], value=0,
                                           label="Class", elem_id=f"{key}-class")
-            if c.kind == "spatial":
+            if c.takes_map:
                 with gr.Tabs():
                     with gr.Tab("Upload a map"):
                         what = "an 8-bit label-map PNG (pixel values are labels)" if segmentation else "an image"
@@ -107,7 +109,7 @@ def _transformer_tab(served: ServedModel, key: str, folder: Callable[[str], Path
                 pixel_height = gr.Number(height, precision=0, step=factor, label="Height (pixels)",
                                          info=f"a multiple of {factor}")
                 pixel_width = gr.Number(width, precision=0, step=factor, label="Width (pixels)",
-                                        info="a drawn map's; an uploaded map keeps its own" if c.kind == "spatial"
+                                        info="a drawn map's; an uploaded map keeps its own" if c.takes_map
                                         else "past the training size: sliding window")
             sample_button = gr.Button("Sample", variant="primary", elem_id=f"{key}-sample")
             with gr.Accordion("Image completion: keep the top rows of an image, sample the rest", open=True):
@@ -139,7 +141,7 @@ def _transformer_tab(served: ServedModel, key: str, folder: Callable[[str], Path
         painted = _painted(drawn)
         if painted is None:
             return None
-        return str(jobs.drawing_to_label_map(painted, c.stage.autoencoder.in_channels, size,
+        return str(jobs.drawing_to_label_map(painted, c.map_labels, size,
                                              out.with_name(out.name + "-map.png")))
 
     def on_sample(label, upload, drawn, *values):
@@ -171,8 +173,7 @@ def _transformer_tab(served: ServedModel, key: str, folder: Callable[[str], Path
 
 def _drawing_canvas(served: ServedModel, size: tuple[int, int], elem_id: str):
     """A canvas whose brush paints only the model's label colours, with a legend of their names."""
-    stage = served.model.conditioning.stage
-    count = stage.autoencoder.in_channels
+    count = served.model.conditioning.map_labels
     colours = [hex_colour(rgb) for rgb in palette(count)]
     names = segmentation_names(served.path, count)
 

@@ -6,6 +6,8 @@ Every stage turns a condition into token ids in the GPT's vocabulary, ``token_of
 - ``class``: one token per class label (the original's ``Labelator``).
 - ``spatial``: a map (segmentation labels, depth, edges, a low-resolution image) tokenized by a second VQGAN
   (the original's ``cond_stage_model``); its tokens form a grid, so the sliding-window sampler can crop it.
+- ``labels``: a label map (segmentation) read exactly: each cell of the image's code grid becomes its most frequent
+  label, one id per label. No second VQGAN to train, and nothing of the map is lost at the code grid's resolution.
 - ``coord``: a map of each pixel's place in the full image, in [0, 1), pooled and rounded to ``coord_levels``
   levels (the original's ``CoordStage``), used to train on crops of large images.
 
@@ -26,9 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from tamer.config import checked_keywords
+from tamer.report import colour_labels
 from tamer.vqgan.model import VQGAN, VQGANConfig, one_hot_labels
 
-ConditionKind = Literal["none", "class", "spatial", "coord"]
+ConditionKind = Literal["none", "class", "spatial", "labels", "coord"]
 
 
 @checked_keywords
@@ -42,6 +45,10 @@ class ConditioningConfig:
     stage: VQGANConfig | None = None
     # Resize spatial maps to this square size before tokenizing (the original's downsample_cond_size); -1: keep.
     downsample_size: int = -1
+    # A labels condition: how many labels its maps hold (background included) and the pixels per grid cell (the
+    # first stage's downsampling factor, so that condition and image grids coincide).
+    num_labels: int = 0
+    label_factor: int = 16
     coord_levels: int = 1024
     coord_factor: int = 16
     # Where this stage's ids start in the GPT vocabulary; None: right after the image codebook.
@@ -59,6 +66,9 @@ class ConditioningConfig:
             raise ValueError("conditioning.stage: a spatial condition needs the VQGAN config of its condition stage")
         if self.kind != "spatial" and self.stage is not None:
             raise ValueError(f"conditioning.stage: only a spatial condition has a stage, not kind={self.kind!r}")
+        if self.kind == "labels" and (self.num_labels < 1 or self.label_factor < 1):
+            raise ValueError("conditioning.num_labels/label_factor: a labels condition needs at least one label and "
+                             "a positive factor")
         if self.kind == "coord" and (self.coord_levels < 1 or self.coord_factor < 1):
             raise ValueError("conditioning.coord_levels/coord_factor: must be positive")
         if self.kind == "none" and self.classifier_free:
@@ -84,7 +94,23 @@ class ConditioningConfig:
             return self.num_classes
         if self.kind == "coord":
             return self.coord_levels
+        if self.kind == "labels":
+            return self.num_labels
         return self.stage.vocab_size
+
+    @property
+    def takes_map(self) -> bool:
+        """Whether a condition is a map given as a file (``tamer sample --cond``, the app's upload)."""
+        return self.kind in ("spatial", "labels")
+
+    @property
+    def map_labels(self) -> int | None:
+        """How many labels a condition's label maps hold (a segmentation condition), else None."""
+        if self.kind == "labels":
+            return self.num_labels
+        if self.kind == "spatial" and self.stage.colorize_nlabels is not None:
+            return self.stage.autoencoder.in_channels
+        return None
 
     def first_id(self, image_vocab_size: int) -> int:
         """The first condition id: right after the image codebook, unless ``token_offset`` places it."""
@@ -198,6 +224,38 @@ class SpatialVQ(ConditionStage):
         return self.model.decode(tokens - self.token_offset).argmax(1)
 
 
+class LabelGrid(ConditionStage):
+    """Label maps ``B×H×W`` -> the most frequent label of each ``label_factor``-pixel cell (ties: the lower label)."""
+
+    spatial = True
+
+    def tokens(self, condition, batch_size: int) -> torch.Tensor:
+        labels = torch.as_tensor(condition)
+        if labels.dim() == 4 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        factor, count = self.config.label_factor, self.config.num_labels
+        if labels.is_floating_point() or labels.dim() != 3 or labels.shape[0] != batch_size:
+            raise ValueError(f"label maps: expected {batch_size}×H×W integer labels, got {tuple(labels.shape)} "
+                             f"{labels.dtype}")
+        if labels.shape[1] % factor or labels.shape[2] % factor:
+            raise ValueError(f"label maps: {labels.shape[1]}×{labels.shape[2]} is not a multiple of the "
+                             f"{factor}-pixel grid")
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= count:
+            raise ValueError(f"label maps: label {low if low < 0 else high} is outside 0..{count - 1}")
+        votes = F.avg_pool2d(one_hot_labels(labels, count), factor)
+        return votes.argmax(1) + self.token_offset
+
+    def decode_labels(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Grid ids -> label maps ``B×H×W`` at pixel resolution: the map as the transformer is shown it."""
+        factor = self.config.label_factor
+        return (tokens - self.token_offset).repeat_interleave(factor, 1).repeat_interleave(factor, 2)
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Grid ids -> an RGB preview in [-1, 1], one fixed colour per label."""
+        return colour_labels(self.decode_labels(tokens)).to(tokens.device)
+
+
 class Coordinates(ConditionStage):
     """Coordinates in [0, 1] (``B×1×H×W``) area-pooled by ``coord_factor`` and rounded to ``coord_levels`` ids.
 
@@ -220,7 +278,8 @@ class Coordinates(ConditionStage):
 
 def build_condition_stage(config: ConditioningConfig, image_vocab_size: int) -> ConditionStage:
     offset = config.first_id(image_vocab_size)
-    stages = {"none": StartToken, "class": ClassLabel, "spatial": SpatialVQ, "coord": Coordinates}
+    stages = {"none": StartToken, "class": ClassLabel, "spatial": SpatialVQ, "labels": LabelGrid,
+              "coord": Coordinates}
     return stages[config.kind](config, offset)
 
 

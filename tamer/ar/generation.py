@@ -26,22 +26,22 @@ from tamer.report import labelled_grid
 
 
 def read_condition_map(path: str | Path, model: Transformer) -> torch.Tensor:
-    """A spatial condition file for ``model``: an 8-bit label map (PNG whose pixel values are the labels) for a
-    segmentation stage, else an image with the stage's channels in [-1, 1]. Returns ``1×…×H×W``."""
-    stage = model.conditioning.stage
-    if stage is None:
-        raise ValueError(f"{path}: this model is conditioned on {model.conditioning.kind!r}, not on a spatial map")
-    if stage.colorize_nlabels is not None:
+    """A map condition file for ``model``: an 8-bit label map (PNG whose pixel values are the labels) for a
+    segmentation condition, else an image with the stage's channels in [-1, 1]. Returns ``1×…×H×W``."""
+    conditioning = model.conditioning
+    if not conditioning.takes_map:
+        raise ValueError(f"{path}: this model is conditioned on {conditioning.kind!r}, not on a spatial map")
+    labels = conditioning.map_labels
+    if labels is not None:
         image = open_image(path)
         if image.mode not in ("L", "P", "I", "I;16"):
             raise ImageError(f"{path}: a segmentation condition must be a single-channel label map "
                              f"(8-bit PNG of label ids), got a {image.mode} image")
-        labels = torch.from_numpy(np.asarray(image).astype(np.int64))
-        if int(labels.max()) >= stage.autoencoder.in_channels:
-            raise ImageError(f"{path}: label {int(labels.max())} is beyond the stage's "
-                             f"{stage.autoencoder.in_channels} labels")
-        return labels[None]
-    image, _ = read_image(path, channels=stage.autoencoder.in_channels)
+        label_map = torch.from_numpy(np.asarray(image).astype(np.int64))
+        if int(label_map.max()) >= labels:
+            raise ImageError(f"{path}: label {int(label_map.max())} is beyond the model's {labels} labels")
+        return label_map[None]
+    image, _ = read_image(path, channels=conditioning.stage.autoencoder.in_channels)
     return image[None]
 
 
@@ -68,7 +68,7 @@ def conditions_for(model: Transformer, request: SampleRequest, size: tuple[int, 
         return [(torch.full((request.num_samples,), c), request.num_samples) for c in labels]
     if request.classes:
         raise ValueError(f"--class: this model is conditioned on {kind!r}, not on classes")
-    if kind == "spatial":
+    if model.conditioning.takes_map:
         if request.condition_map is None:
             raise ValueError(f"this model is conditioned on {model.conditioning.key!r} maps: give --cond MAP")
         condition = read_condition_map(request.condition_map, model)

@@ -26,7 +26,7 @@ def folder_kind(model, kind: str | None) -> str:
     conditioning = getattr(model.config, "conditioning", None)
     if conditioning is not None and conditioning.kind == "class":
         return "classes"
-    if conditioning is not None and conditioning.kind == "spatial" and conditioning.key == "segmentation":
+    if conditioning is not None and conditioning.takes_map and conditioning.key == "segmentation":
         return "pairs"
     return "folder"
 

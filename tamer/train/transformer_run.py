@@ -168,6 +168,17 @@ def derive_config(config: TransformerRunConfig, first_stage: VQGANConfig, cond_s
         h, w = _grid(cond_side, cond_stage.downsample_factor, key, "the condition stage",
                      cond_stage.quantizer.codes_per_position)
         cond_length = h * w
+    elif conditioning.kind == "labels":
+        factor = first_stage.downsample_factor
+        if "label_factor" in config.model.conditioning and conditioning.label_factor != factor:
+            raise ConfigError(f"model.conditioning.label_factor: {conditioning.label_factor} must equal the first "
+                              f"stage's downsampling factor {factor} (leave it out to have it derived)")
+        if first_stage.quantizer.codes_per_position > 1:
+            raise ConfigError("model.conditioning.kind: a labels condition needs one code per position; this first "
+                              f"stage has {first_stage.quantizer.codes_per_position}")
+        conditioning = replace(conditioning, label_factor=factor)
+        h, w = _grid(side, factor, size_key, "the label grid")
+        cond_length = h * w
     else:  # coord
         h, w = _grid(side, conditioning.coord_factor, "model.conditioning.coord_factor", "the coordinate map")
         cond_length = h * w
