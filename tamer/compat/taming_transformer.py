@@ -167,8 +167,10 @@ def condition_length(conditioning: ConditioningConfig, first_stage: VQGANConfig,
     if conditioning.kind in ("none", "class"):
         return 1
     pixels = (h * first_stage.downsample_factor, w * first_stage.downsample_factor)
-    if conditioning.kind in ("coord", "labels"):
-        factor = conditioning.coord_factor if conditioning.kind == "coord" else conditioning.label_factor
+    if conditioning.kind == "coord":
+        factor = conditioning.coord_factor
+    elif conditioning.kind == "labels":
+        factor = conditioning.label_factor
     else:
         factor = conditioning.stage.downsample_factor
         if conditioning.downsample_size > 0:
