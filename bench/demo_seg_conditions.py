@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from tamer.demo.run import SCENE, TOP_K, DemoPlan, _common, held_out_scenes, mosaic
+from tamer.demo.run import SCENE, TOP_K, DemoPlan, held_out_scenes, mosaic, stage_overrides
 from tamer.loading import load
 from tamer.metrics.shape_classifier import render_training_scenes
 from tamer.metrics.shape_segmenter import judge_segmentation_samples, train_shape_segmenter
@@ -33,7 +33,7 @@ def main() -> None:
     plan, runs = DemoPlan(), args.demo / "runs"
 
     if not (args.out / "model" / "config.json").is_file():
-        overrides = _common(plan, "cpu", args.steps) + [f"train.batch_size={plan.transformer_batch}",
+        overrides = stage_overrides(plan, "cpu", args.steps) + [f"train.batch_size={plan.transformer_batch}",
                                                          f"first_stage={runs / 'vqgan' / 'model'}"]
         started = time.perf_counter()
         train_transformer(load_run_config(preset_path("transformer_tiny_labels"), overrides), args.out)

@@ -96,10 +96,10 @@ def test_train_precision_auto_is_the_default_round_trips_and_bad_values_name_the
 def test_the_demo_stays_fp32():
     from types import SimpleNamespace
 
-    from tamer.demo.run import _common
+    from tamer.demo.run import stage_overrides
 
     plan = SimpleNamespace(data_length=8, val_images=2)
-    assert "train.precision=fp32" in _common(plan, "cpu", 10)  # its published figures are fp32
+    assert "train.precision=fp32" in stage_overrides(plan, "cpu", 10)  # its published figures are fp32
 
 
 # -- codes under autocast -------------------------------------------------------------------------------------------

@@ -99,7 +99,7 @@ def _train_stage(kind: str, preset: str, out: Path, overrides: list[str]) -> Pat
     return out / "model"
 
 
-def _common(plan: DemoPlan, device: str, steps: int) -> list[str]:
+def stage_overrides(plan: DemoPlan, device: str, steps: int) -> list[str]:
     """Overrides for every stage: its length, the demo's data, validation only at the end, and fp32 (the published
     figures are fp32, whatever train.precision's auto would pick here)."""
     return [f"train.steps={steps}", f"train.device={device}", "train.precision=fp32", f"data.length={plan.data_length}",
@@ -137,20 +137,20 @@ def run_demo(out: str | Path = "demo-output", quick: bool = False, device: str =
                  "train.max_grad_norm=1.0",  # seed 2 without it: 25.5 dB (22.0 dB at 256 codes), with it 26.0
                  f"loss.disc_start={plan.vqgan_steps + 1}", "loss.disc_warmup_steps=0"]  # no GAN in a run this short
     vqgan_dir = _train_stage("vqgan", "vqgan_tiny_cpu", runs / "vqgan",
-                             _common(plan, dev, plan.vqgan_steps) + tokenizer)
+                             stage_overrides(plan, dev, plan.vqgan_steps) + tokenizer)
     watch.lap("VQGAN (images)", t)
     t = time.perf_counter()
     seg_vqgan_dir = _train_stage("vqgan", "vqgan_tiny_seg", runs / "vqgan-seg",
-                                 _common(plan, dev, plan.seg_vqgan_steps))
+                                 stage_overrides(plan, dev, plan.seg_vqgan_steps))
     watch.lap("VQGAN (segmentation maps)", t)
     t = time.perf_counter()
     gpt = [f"train.batch_size={plan.transformer_batch}"]
     class_dir = _train_stage("transformer", "transformer_tiny_class", runs / "class",
-                             _common(plan, dev, plan.class_steps) + gpt + [f"first_stage={vqgan_dir}"])
+                             stage_overrides(plan, dev, plan.class_steps) + gpt + [f"first_stage={vqgan_dir}"])
     watch.lap("transformer (class-conditional)", t)
     t = time.perf_counter()
     seg_dir = _train_stage("transformer", "transformer_tiny_seg", runs / "seg",
-                           _common(plan, dev, plan.seg_steps) + gpt + [f"first_stage={vqgan_dir}",
+                           stage_overrides(plan, dev, plan.seg_steps) + gpt + [f"first_stage={vqgan_dir}",
                                                                        f"cond_stage={seg_vqgan_dir}"])
     watch.lap("transformer (segmentation-conditional)", t)
 
