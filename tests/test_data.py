@@ -414,3 +414,27 @@ def test_object_centric_scenes_hold_one_large_shape_near_the_centre():
                 assert 8 <= cy <= 24 and 8 <= cx <= 24, (i, cy, cx)
     assert np.mean(areas["framed"]) > 1.25 * np.mean(areas["default"])  # 0.25 against 0.18 of the picture
     assert build_dataset({"kind": "procedural", "size": 32, "length": 2, "object_centric": True}).object_centric
+
+
+class _RandomItems(torch.utils.data.Dataset):
+    """Items that are nothing but draws from the global generator (as a random crop or flip draws)."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return torch.rand(3)
+
+
+def test_seeded_items_depend_only_on_seed_epoch_index_and_leave_the_global_generator_alone():
+    from tamer.train.data_order import SeededItems
+
+    items = SeededItems(_RandomItems(), seed=7)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    first = items[(1, 2)]
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's stream is untouched
+    assert torch.equal(items[(1, 2)], first)
+    assert not torch.equal(items[(2, 2)], first) and not torch.equal(items[(1, 3)], first)
+    torch.manual_seed((7 * 1_000_003 + 1) * 10_000_019 + 2)  # the documented seed of (seed, epoch, index)
+    assert torch.equal(torch.rand(3), first)

@@ -50,6 +50,12 @@ class SeededItems(Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+        # Only the CPU generator, which augmentations draw from: torch.manual_seed would also queue a seed for
+        # every CUDA device and record a stack trace doing it (a tenth of a tiny transformer's step on a CPU).
+        generator = torch.default_generator
+        state = generator.get_state()
+        try:
+            generator.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
             return self.dataset[index]
+        finally:
+            generator.set_state(state)
