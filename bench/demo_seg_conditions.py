@@ -40,15 +40,18 @@ def main() -> None:
         print(f"labels transformer: {time.perf_counter() - started:.0f} s")
     judge_scenes = render_training_scenes(32, plan.judge_images, 1, ("image", "label", "segmentation"), **SCENE)
     segmenter = train_shape_segmenter(size=32, steps=plan.judge_steps, scenes=judge_scenes, seed=1)
+    canvas_segmenter = train_shape_segmenter(size=32, steps=plan.judge_steps, scenes=judge_scenes, seed=1,
+                                             canvases=True)
 
     scenes = held_out_scenes(plan.eval_images)
     maps = {key: value[:plan.seg_maps] for key, value in scenes.items()}
-    canvas = mosaic(scenes, first=plan.seg_maps)
+    canvas = mosaic(scenes, plan.seg_maps, plan.window_canvases)
     rows = {}
     for name, path in (("condition VQGAN (the demo)", runs / "seg" / "model"), ("labels", args.out / "model")):
         model = load(path).eval()
         judged = judge_segmentation_samples(model, segmenter, maps, plan.samples_per_map, TOP_K).metrics
-        window = judge_segmentation_samples(model, segmenter, canvas, 1, TOP_K, seed=3000, code_shape=(16, 16))
+        window = judge_segmentation_samples(model, canvas_segmenter, canvas, 1, TOP_K, seed=3000,
+                                            code_shape=(16, 16))
         rows[name] = {"miou": judged["miou"], "sliding_window_miou": window.metrics["miou"],
                       "segmenter_on_real": judged["segmenter_on_real_held_out"],
                       "segmenter_on_reconstructions": judged["segmenter_on_reconstructions"]}

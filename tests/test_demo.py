@@ -9,7 +9,8 @@ from tamer.cli import main
 from tamer.demo import DemoPlan, run_demo
 
 MICRO = DemoPlan(vqgan_steps=2, seg_vqgan_steps=2, class_steps=2, seg_steps=2, judge_steps=2, judge_images=16,
-                 samples_per_class=1, seg_maps=2, samples_per_map=1, eval_images=8, data_length=64, val_images=8)
+                 samples_per_class=1, seg_maps=2, samples_per_map=1, window_canvases=1, eval_images=8, data_length=64,
+                 val_images=8)
 
 
 def test_micro_demo_writes_everything(tmp_path):
@@ -26,7 +27,8 @@ def test_micro_demo_writes_everything(tmp_path):
                                                        "segmenter_on_reconstructions"))
     assert saved["seg_samples"]["maps"] == 2 and saved["precision"] == "fp32"
     assert 0 <= saved["seg_samples"]["segmentation_vqgan_label_accuracy"] <= 1
-    assert set(results["seconds"]) >= {"VQGAN (images)", "judges (shape classifier and segmenter)", "total"}
+    assert set(results["seconds"]) >= {"VQGAN (images)", "total",
+                                       "judges (shape classifier, segmenters of scenes and of canvases)"}
     page = (tmp_path / "index.html").read_text()
     assert "class-samples.png" in page and "sliding-window.png" in page and "mIoU" in page
     # pictures a person can see: 32-pixel images enlarged 4x, with room for the row names

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tamer.data import ProceduralShapes
+from tamer.metrics.shape_classifier import tile_2x2
 from tamer.metrics.shape_segmenter import judge_segmentation_samples, mean_iou, train_shape_segmenter
 
 SCENE = {"max_distractors": 0, "plain": True, "object_centric": True}
@@ -34,6 +35,26 @@ def test_the_segmenter_reads_held_out_scenes(segmenter, scenes):
     miou = mean_iou(segmenter.predict(scenes["image"]), scenes["segmentation"], 11)
     background_only = mean_iou(torch.zeros_like(scenes["segmentation"]), scenes["segmentation"], 11)
     assert miou > 0.4 > background_only  # about 0.9 with the demo's 800 steps on 8000 scenes
+
+
+def test_a_segmenter_trained_on_canvases_reads_canvases_the_other_cannot(segmenter, scenes):
+    canvas_judge = train_shape_segmenter(size=32, steps=500, train_images=2000, seed=1, progress=False,
+                                         canvases=True, **SCENE)
+    images, maps = tile_2x2(scenes["image"]), tile_2x2(scenes["segmentation"])
+    on_canvases = mean_iou(canvas_judge.predict(images), maps, 11)
+    assert on_canvases > 0.4 and on_canvases > mean_iou(segmenter.predict(images), maps, 11) + 0.2
+
+
+def test_tile_2x2_puts_four_items_in_reading_order():
+    items = torch.arange(8).reshape(8, 1, 1).expand(8, 2, 2)
+    canvases = tile_2x2(items)
+    assert canvases.shape == (2, 4, 4)
+    assert canvases[1].tolist() == [[4, 4, 5, 5], [4, 4, 5, 5], [6, 6, 7, 7], [6, 6, 7, 7]]
+
+
+def test_canvases_need_a_batch_of_whole_canvases(scenes):
+    with pytest.raises(ValueError, match="canvases: .* batch_size 6"):
+        train_shape_segmenter(steps=1, batch_size=6, scenes=scenes, progress=False, canvases=True)
 
 
 class StandIn:

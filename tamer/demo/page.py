@@ -60,9 +60,10 @@ def write_page(out: Path, results: dict, quick: bool, real: torch.Tensor, recons
         Section("Sliding-window sampling",
                 f"A {window['code_shape'][0]}×{window['code_shape'][1]}-code image from a model trained on "
                 f"{window['window'][0]}×{window['window'][1]} codes ({window['area_ratio']:.0f}× the area), drawn "
-                "from four held-out maps side by side: the maps, the real scenes, the sample.",
+                "from four held-out maps side by side: the maps, the real scenes, the sample. Its judge is a segmenter "
+                "trained on such canvases of real scenes.",
                 [("sliding-window.png", "sliding-window sample")],
-                {"mIoU(sample, map)": window["miou"], "segmenter on the real canvas": window[
+                {"mIoU(sample, map)": window["miou"], "canvas segmenter on the real canvases": window[
                     "segmenter_on_real_held_out"], "seconds": window["seconds"]},
                 "Good: the shapes of all four quarters appear where the map has them; mIoU of 0.4 or more."),
         Section("Time", f"Wall-clock seconds per stage on this machine ({results['device']}, "
@@ -100,7 +101,8 @@ def print_summary(results: dict, out: Path) -> None:
     print(f"segmentation-conditional: held-out NLL {s['nll']:.3f} nats/token (uniform {s['uniform_nll']:.3f}), "
           f"mIoU(samples, maps) {seg['miou']:.2f} (segmenter on real scenes {seg['segmenter_on_real_held_out']:.2f},"
           f" on reconstructions {seg['segmenter_on_reconstructions']:.2f}); sliding window at "
-          f"{window['area_ratio']:.0f}x the area: mIoU {window['miou']:.2f}")
+          f"{window['area_ratio']:.0f}x the area: mIoU {window['miou']:.2f} (canvas segmenter on the real canvases "
+          f"{window['segmenter_on_real_held_out']:.2f})")
     print(f"total {results['seconds']['total'] / 60:.1f} min ({results['precision']}); open {out / 'index.html'}")
     print(f"sample from these models in a web page (pip install 'tamer-vq[app]'): {app_command(out)}")
 

@@ -1,10 +1,11 @@
 """``tamer demo``: the whole method on the built-in dataset, on a CPU, with no download.
 
 It trains a tiny VQGAN (images) and a tiny segmentation VQGAN (label maps), then a class-conditional and a
-segmentation-conditional transformer over their codes, and two judges on real scenes: a classifier and a segmenter.
+segmentation-conditional transformer over their codes, and judges trained on real scenes: a classifier, a segmenter
+and a segmenter of four-scene canvases (for the sliding-window sample).
 It writes into one folder: held-out reconstructions, class-conditional samples (a row per class), segmentation-to-
 image samples beside their maps, a sliding-window sample four times the training area, the figures (PSNR, SSIM,
-codebook usage, held-out NLL, how often the classifier names a sample's class, the mIoU between a map and the
+codebook usage, held-out NLL, how often the classifier names a sample's class, the mIoU between a map and a
 segmenter's reading of its samples) and ``index.html`` showing it all. Each stage is an ordinary training run in
 ``OUT/runs/`` that ``tamer sample`` / ``tamer eval`` can use after.
 """
@@ -24,7 +25,7 @@ from tamer.devices import resolve_device
 from tamer.loading import load
 from tamer.metrics import evaluate_reconstructions
 from tamer.metrics.likelihood import evaluate_likelihood
-from tamer.metrics.shape_classifier import judge_class_samples, render_training_scenes, train_shape_classifier
+from tamer.metrics.shape_classifier import judge_class_samples, render_training_scenes, tile_2x2, train_shape_classifier
 from tamer.metrics.shape_segmenter import judge_segmentation_samples, train_shape_segmenter
 from tamer.presets import preset_path
 
@@ -49,14 +50,16 @@ class DemoPlan:
     samples_per_class: int = 8
     seg_maps: int = 24  # held-out maps the segmentation-conditional samples are drawn from
     samples_per_map: int = 2
+    window_canvases: int = 4  # sliding-window samples, each from four held-out maps side by side
     eval_images: int = 256
     data_length: int = 6000
     val_images: int = 256
 
     def __post_init__(self):
-        if self.eval_images < self.seg_maps + 4:
+        if self.eval_images < self.seg_maps + 4 * self.window_canvases:
             raise ValueError(f"eval_images: {self.eval_images} held-out scenes do not hold the {self.seg_maps} "
-                             "maps for the segmentation samples and the four of the sliding-window canvas")
+                             f"maps for the segmentation samples and the four of each of the "
+                             f"{self.window_canvases} sliding-window canvases")
 
 
 QUICK = DemoPlan(vqgan_steps=40, seg_vqgan_steps=20, class_steps=40, seg_steps=30, judge_steps=60, judge_images=1000,
@@ -113,14 +116,10 @@ def held_out_scenes(count: int, size: int = 32, seed: int = HELD_OUT_SEED) -> di
     return render_training_scenes(size, count, seed, ("image", "label", "segmentation"), progress=False, **SCENE)
 
 
-def mosaic(scenes: dict[str, torch.Tensor], first: int = 0) -> dict[str, torch.Tensor]:
-    """Four scenes side by side, 2×2: a canvas of four times the area whose shapes have the training scale (the
-    sliding window widens the view; it does not zoom in)."""
-    def tile(x: torch.Tensor) -> torch.Tensor:
-        x = x[first:first + 4]
-        return torch.cat([torch.cat([x[0], x[1]], -1), torch.cat([x[2], x[3]], -1)], -2)[None]
-
-    return {key: tile(scenes[key]) for key in ("image", "segmentation")}
+def mosaic(scenes: dict[str, torch.Tensor], first: int = 0, count: int = 1) -> dict[str, torch.Tensor]:
+    """``count`` canvases of four scenes side by side, 2×2, from scene ``first`` on: four times the area with
+    shapes at the training scale (the sliding window widens the view; it does not zoom in)."""
+    return {key: tile_2x2(scenes[key][first:first + 4 * count]) for key in ("image", "segmentation")}
 
 
 def run_demo(out: str | Path = "demo-output", quick: bool = False, device: str = "auto",
@@ -159,7 +158,10 @@ def run_demo(out: str | Path = "demo-output", quick: bool = False, device: str =
     judge_scenes = render_training_scenes(32, plan.judge_images, 1, ("image", "label", "segmentation"), **SCENE)
     classifier = train_shape_classifier(size=32, steps=plan.judge_steps, scenes=judge_scenes, seed=1)
     segmenter = train_shape_segmenter(size=32, steps=plan.judge_steps, scenes=judge_scenes, seed=1)
-    watch.lap("judges (shape classifier and segmenter)", t)
+    # The sliding-window sample's judge learns from canvases of four scenes: the one above reads them at about 0.2.
+    canvas_segmenter = train_shape_segmenter(size=32, steps=plan.judge_steps, scenes=judge_scenes, seed=1,
+                                             canvases=True)
+    watch.lap("judges (shape classifier, segmenters of scenes and of canvases)", t)
 
     vqgan, class_model, seg_model = (load(p, map_location=dev).eval() for p in (vqgan_dir, class_dir, seg_dir))
     held_out = ProceduralShapes(size=32, length=plan.eval_images, seed=HELD_OUT_SEED, **SCENE)
@@ -189,8 +191,8 @@ def run_demo(out: str | Path = "demo-output", quick: bool = False, device: str =
     results["seg_samples"]["segmentation_vqgan_label_accuracy"] = _label_accuracy(seg_model, maps["segmentation"])
     started = time.perf_counter()
     factor = seg_model.config.first_stage.downsample_factor
-    canvas = mosaic(scenes, first=plan.seg_maps)  # four maps not among those above
-    window_judgement = judge_segmentation_samples(seg_model, segmenter, canvas, 1, TOP_K, seed=3000,
+    canvas = mosaic(scenes, plan.seg_maps, plan.window_canvases)  # maps not among those above
+    window_judgement = judge_segmentation_samples(seg_model, canvas_segmenter, canvas, 1, TOP_K, seed=3000,
                                                   code_shape=(64 // factor, 64 // factor))
     h, w = seg_model.config.code_shape
     results["sliding_window"] = {**window_judgement.metrics, "code_shape": [64 // factor, 64 // factor],

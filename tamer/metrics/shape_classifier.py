@@ -88,22 +88,35 @@ def train_shape_classifier(size: int = 32, num_classes: int = 10, steps: int = 1
                      blur, "shape classifier", progress)
 
 
+def tile_2x2(x: torch.Tensor) -> torch.Tensor:
+    """Groups of four consecutive items (``4B×...×H×W``) side by side, 2×2: ``B×...×2H×2W`` canvases."""
+    x = x.reshape(-1, 4, *x.shape[1:])
+    return torch.cat([torch.cat([x[:, 0], x[:, 1]], -1), torch.cat([x[:, 2], x[:, 3]], -1)], -2)
+
+
 def fit_judge(model: nn.Module, logits_of, images: torch.Tensor, targets: torch.Tensor, steps: int, batch_size: int,
-              lr: float, blur: float, desc: str, progress: bool) -> nn.Module:
+              lr: float, blur: float, desc: str, progress: bool, canvases: bool = False) -> nn.Module:
     """Train a judge on real ``images`` with cross-entropy against ``targets`` (a label per image, or a label map
     per image, mirrored with it), shown with random mirror flips and a random Gaussian blur of sigma up to
-    ``blur`` pixels; ``logits_of(batch)`` is the model's logits. Returns the model in eval mode."""
+    ``blur`` pixels; ``logits_of(batch)`` is the model's logits. ``canvases`` (label maps only): the batch is shown
+    as 2×2 canvases of four scenes (:func:`tile_2x2`), images wider than one scene like a sliding-window sample.
+    Returns the model in eval mode."""
+    if canvases and (targets.dim() < 3 or batch_size % 4):
+        raise ValueError(f"canvases: needs label maps and a batch_size divisible by 4, got targets of shape "
+                         f"{tuple(targets.shape)} and batch_size {batch_size}")
     from torchvision.transforms.v2.functional import gaussian_blur
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     model.train()
-    for _ in progress_bar(range(steps), desc=desc, disable=not progress, leave=False):
+    for step in progress_bar(range(steps), desc=desc, disable=not progress, leave=False):
         pick = torch.randint(len(images), (batch_size,))
         batch, target = images[pick], targets[pick]
         if torch.rand(()) < 0.5:  # labels are mirror-invariant; samples need not match the data's handedness
             batch = batch.flip(-1)
             target = target.flip(-1) if target.dim() > 1 else target
+        if canvases:
+            batch, target = tile_2x2(batch), tile_2x2(target)
         if blur > 0:
             sigma = float(torch.empty(()).uniform_(0.1, blur))
             batch = gaussian_blur(batch, [5, 5], [sigma, sigma])
