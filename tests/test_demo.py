@@ -27,6 +27,7 @@ def test_micro_demo_writes_everything(tmp_path):
                                                        "segmenter_on_reconstructions"))
     assert saved["seg_samples"]["maps"] == 2 and saved["precision"] == "fp32"
     assert 0 <= saved["seg_samples"]["segmentation_vqgan_label_accuracy"] <= 1
+    assert 0 <= saved["seg_samples"]["segmentation_vqgan_miou"] <= 1
     assert set(results["seconds"]) >= {"VQGAN (images)", "total",
                                        "judges (shape classifier, segmenters of scenes and of canvases)"}
     page = (tmp_path / "index.html").read_text()

@@ -55,6 +55,7 @@ def write_page(out: Path, results: dict, quick: bool, real: torch.Tensor, recons
                 {"mIoU(samples, maps)": seg["miou"], "segmenter on real scenes": seg["segmenter_on_real_held_out"],
                  "segmenter on reconstructions": seg["segmenter_on_reconstructions"],
                  "condition VQGAN keeps (pixel accuracy)": seg["segmentation_vqgan_label_accuracy"],
+                 "condition VQGAN keeps (mIoU)": seg["segmentation_vqgan_miou"],
                  "held-out NLL (nats/token)": s["nll"], "uniform NLL": s["uniform_nll"], "maps": seg["maps"]},
                 "Good: every sample puts the map's shapes where the map has them; mIoU of 0.5 or more."),
         Section("Sliding-window sampling",

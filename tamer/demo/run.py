@@ -26,7 +26,7 @@ from tamer.loading import load
 from tamer.metrics import evaluate_reconstructions
 from tamer.metrics.likelihood import evaluate_likelihood
 from tamer.metrics.shape_classifier import judge_class_samples, render_training_scenes, tile_2x2, train_shape_classifier
-from tamer.metrics.shape_segmenter import judge_segmentation_samples, train_shape_segmenter
+from tamer.metrics.shape_segmenter import judge_segmentation_samples, mean_iou, train_shape_segmenter
 from tamer.presets import preset_path
 
 
@@ -188,7 +188,7 @@ def run_demo(out: str | Path = "demo-output", quick: bool = False, device: str =
     maps = {key: value[:plan.seg_maps] for key, value in scenes.items()}
     seg_judgement = judge_segmentation_samples(seg_model, segmenter, maps, plan.samples_per_map, TOP_K)
     results["seg_samples"] = seg_judgement.metrics
-    results["seg_samples"]["segmentation_vqgan_label_accuracy"] = _label_accuracy(seg_model, maps["segmentation"])
+    results["seg_samples"].update(_condition_fidelity(seg_model, maps["segmentation"], segmenter.config.num_labels))
     started = time.perf_counter()
     factor = seg_model.config.first_stage.downsample_factor
     canvas = mosaic(scenes, plan.seg_maps, plan.window_canvases)  # maps not among those above
@@ -217,7 +217,9 @@ def _class_figures(judged) -> dict:
 
 
 @torch.no_grad()
-def _label_accuracy(model, maps: torch.Tensor) -> float:
-    """The share of map pixels the condition VQGAN gives back (what the transformer is actually shown)."""
+def _condition_fidelity(model, maps: torch.Tensor, num_labels: int) -> dict:
+    """How much of each map the condition VQGAN gives back (what the transformer is actually shown): the share of
+    pixels and the mIoU, the ceiling a perfect sampler would reach if the judge were perfect."""
     seen = model.cond_stage_model.decode_labels(model.condition_tokens(maps, len(maps))).cpu()
-    return (seen == maps).float().mean().item()
+    return {"segmentation_vqgan_label_accuracy": (seen == maps).float().mean().item(),
+            "segmentation_vqgan_miou": mean_iou(seen, maps, num_labels)}
