@@ -21,6 +21,7 @@ if _STUB_REQUESTS:
     del sys.modules["requests"]
 from taming.modules.discriminator.model import NLayerDiscriminator as OriginalDiscriminator  # noqa: E402
 from taming.modules.discriminator.model import weights_init  # noqa: E402
+from taming.modules.losses.segmentation import BCELossWithQuant  # noqa: E402
 from taming.modules.losses.vqperceptual import VQLPIPSWithDiscriminator  # noqa: E402
 from taming.modules.losses.vqperceptual import hinge_d_loss as original_hinge  # noqa: E402
 from taming.modules.losses.vqperceptual import vanilla_d_loss as original_vanilla  # noqa: E402
@@ -271,6 +272,21 @@ def test_pixel_weight_is_honoured_and_l2_is_an_option():
                                          codebook_weight=0.5, disc_start=10, disc_ndf=8))
         total, logs = loss.generator_loss(x, y, torch.tensor(0.2), torch.zeros(1), step=0)
         assert torch.allclose(total, 2.5 * pixel + 0.5 * 0.2) and torch.allclose(logs["pixel_loss"], pixel)
+
+
+def test_bce_matches_the_original_segmentation_loss():
+    labels = torch.randint(0, 5, (2, 8, 8))
+    target = torch.nn.functional.one_hot(labels, 5).permute(0, 3, 1, 2).float()
+    logits = torch.randn(2, 5, 8, 8, requires_grad=True)
+    quantizer_loss = torch.tensor(0.3)
+    ours = VQGANLoss(VQGANLossConfig(pixel_loss="bce", perceptual_weight=0.0, codebook_weight=0.5,
+                                     disc_start=10 ** 6, disc_in_channels=5, disc_ndf=8))
+    total, logs = ours.generator_loss(target, logits, quantizer_loss, torch.zeros(1), step=0)
+    expected, expected_logs = BCELossWithQuant(codebook_weight=0.5)(quantizer_loss, target, logits, "train")
+    assert torch.allclose(total, expected, atol=1e-6)
+    assert torch.allclose(logs["pixel_loss"], expected_logs["train/bce_loss"], atol=1e-6)
+    grad, = torch.autograd.grad(total, logits)
+    assert torch.allclose(grad, torch.autograd.grad(expected, logits)[0], atol=1e-7)
 
 
 def _discriminator_grad_norm(loss: VQGANLoss, step: int) -> float:

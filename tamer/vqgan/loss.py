@@ -37,7 +37,9 @@ class VQGANLossConfig:
     disc_start: int = 0  # first step at which the GAN term counts in the generator loss
     codebook_weight: float = 1.0
     pixelloss_weight: float = 1.0
-    pixel_loss: Literal["l1", "l2"] = "l1"
+    # bce: binary cross-entropy of the output as logits against one-hot targets in {0, 1}, the loss of the
+    # original's segmentation VQGANs (BCELossWithQuant); their argmax gives the labels back.
+    pixel_loss: Literal["l1", "l2", "bce"] = "l1"
     perceptual_weight: float = 1.0
     disc_loss: Literal["hinge", "vanilla"] = "hinge"
     disc_num_layers: int = 3
@@ -65,6 +67,13 @@ class VQGANLossConfig:
     def discriminator_start(self) -> int:
         """The first step at which the discriminator is trained."""
         return max(0, self.disc_start - self.disc_warmup_steps)
+
+
+def _pixel_loss(kind: str, inputs: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(reconstructions, inputs)
+    diff = inputs - reconstructions
+    return (diff.abs() if kind == "l1" else diff.square()).mean()
 
 
 def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
@@ -146,8 +155,7 @@ class VQGANLoss(nn.Module):
         discriminator is run with its parameters frozen, so this loss gives it no gradient.
         """
         c = self.config
-        diff = inputs - reconstructions
-        pixel = (diff.abs() if c.pixel_loss == "l1" else diff.square()).mean()
+        pixel = _pixel_loss(c.pixel_loss, inputs, reconstructions)
         nll = c.pixelloss_weight * pixel
         if self.perceptual_loss is not None:
             perceptual = self.perceptual_loss(inputs, reconstructions).mean()
