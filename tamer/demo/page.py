@@ -49,8 +49,8 @@ def write_page(out: Path, results: dict, quick: bool, real: torch.Tensor, recons
                 "Good: each row shows its own shape; far above chance, near the ceiling with guidance."),
         Section("Stage 2: segmentation to image",
                 "Each row: the label map (as given, then as the condition VQGAN gives it back), the real scene, then "
-                "samples drawn from the map. A segmenter trained on real scenes reads every sample; the figure is "
-                "the mIoU between its reading and the map.",
+                f"samples drawn from the map (top-k {seg['top_k']}). A segmenter trained on real scenes reads every "
+                "sample; the figure is the mIoU between its reading and the map.",
                 [("seg-samples.png", "segmentation-conditional samples")],
                 {"mIoU(samples, maps)": seg["miou"], "segmenter on real scenes": seg["segmenter_on_real_held_out"],
                  "segmenter on reconstructions": seg["segmenter_on_reconstructions"],
