@@ -9,6 +9,9 @@ import torch
 from tamer.data.procedural import SHAPES
 from tamer.report import Section, colour_labels, labelled_grid, write_report
 
+#: samples per class row in the pictures (all are judged): more would shrink each 4x image on the page
+SHOWN_PER_CLASS = 8
+
 
 def write_page(out: Path, results: dict, quick: bool, real: torch.Tensor, reconstructions: torch.Tensor,
                class_judgement, seg_model, seg_judgement, window_judgement) -> None:
@@ -18,9 +21,11 @@ def write_page(out: Path, results: dict, quick: bool, real: torch.Tensor, recons
     n = len(real)
     labelled_grid(torch.cat([real, reconstructions]), n, ["real", "reconstructed"]).save(out / "reconstructions.png")
     per_class = class_judgement.metrics["samples_per_class"]
+    shown = min(per_class, SHOWN_PER_CLASS)
     cfg = f"{samples['cfg_scale']:g}"
     for scale, name in ((1.0, "class-samples.png"), (samples["cfg_scale"], "class-samples-cfg.png")):
-        labelled_grid(class_judgement.samples[scale], per_class, SHAPES).save(out / name)
+        rows = class_judgement.samples[scale].unflatten(0, (-1, per_class))[:, :shown].flatten(0, 1)
+        labelled_grid(rows, shown, SHAPES).save(out / name)
     _map_rows(seg_model, seg_judgement, out / "seg-samples.png")
     _map_rows(seg_model, window_judgement, out / "sliding-window.png")
 
@@ -38,7 +43,7 @@ def write_page(out: Path, results: dict, quick: bool, real: torch.Tensor, recons
                 f"One row per class, top-k {samples['top_k']}: plain sampling, and the same seeds with "
                 f"classifier-free guidance (scale {cfg}). A classifier trained on real scenes names each sample's "
                 "class; its accuracy on the VQGAN's reconstructions is the most a transformer over these codes can "
-                "reach.",
+                f"reach. Each row shows {shown} of the {per_class} samples judged.",
                 [("class-samples.png", "class-conditional samples"),
                  ("class-samples-cfg.png", f"with classifier-free guidance, scale {cfg}")],
                 {"samples named correctly": samples["accuracy"], f"with guidance {cfg}": samples["accuracy_cfg"],
