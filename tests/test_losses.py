@@ -46,6 +46,7 @@ from tamer.vqgan.loss import (  # noqa: E402
     hinge_d_loss,
     vanilla_d_loss,
 )
+from tamer.vqgan.model import one_hot_labels  # noqa: E402
 
 
 class TinyAutoencoder(torch.nn.Module):
@@ -275,8 +276,7 @@ def test_pixel_weight_is_honoured_and_l2_is_an_option():
 
 
 def test_bce_matches_the_original_segmentation_loss():
-    labels = torch.randint(0, 5, (2, 8, 8))
-    target = torch.nn.functional.one_hot(labels, 5).permute(0, 3, 1, 2).float()
+    target = one_hot_labels(torch.randint(0, 5, (2, 8, 8)), 5)
     logits = torch.randn(2, 5, 8, 8, requires_grad=True)
     quantizer_loss = torch.tensor(0.3)
     ours = VQGANLoss(VQGANLossConfig(pixel_loss="bce", perceptual_weight=0.0, codebook_weight=0.5,
