@@ -1,5 +1,6 @@
 """Training steps per second of the demo's tiny VQGAN: the recipe as shipped before (the original's GroupNorm(32))
-and now (no normalisation, ``autoencoder.norm_groups: 0``), beside the original CompVis modules of the same size.
+and now (no normalisation, ``autoencoder.norm_groups: 0``), in the default layout and channels-last (what the
+trainer's ``memory_format: auto`` picks on a CPU), beside the original CompVis modules of the same size.
 
     .venv/bin/python bench/bench_tiny_training.py [--batch 16] [--repeats 20]
 
@@ -71,10 +72,11 @@ def main() -> None:
     torch.manual_seed(0)
     images = torch.rand(args.batch, 3, 32, 32) * 2 - 1
     steps = [original_step(images), tamer_step(VQGAN(tiny_config(32)).train(), images),
-             tamer_step(VQGAN(tiny_config(0)).train(), images)]
+             tamer_step(VQGAN(tiny_config(0)).train(), images),
+             tamer_step(VQGAN(tiny_config(0)).train().to(memory_format=torch.channels_last), images)]
     times = interleaved_medians(steps, args.repeats, torch.device("cpu"))
     names = ["original (CompVis modules, GroupNorm 32)", "tamer, before (norm_groups 32)",
-             "tamer, demo recipe (norm_groups 0)"]
+             "tamer, demo recipe (norm_groups 0)", "tamer, demo recipe, channels-last weights"]
     print(f"\nTiny VQGAN training step (32×32, f4, 256 codes, L1 + codebook, Adam), batch {args.batch}, "
           f"median of {args.repeats} interleaved rounds; torch {torch.__version__};"
           f" {machine()}\n")

@@ -7,7 +7,7 @@ import torch
 from tamer import devices
 from tamer.config import ConfigError
 from tamer.data.procedural import ProceduralShapes
-from tamer.devices import resolve_precision
+from tamer.devices import resolve_memory_format, resolve_precision
 from tamer.guards import InputError
 from tamer.nn.autoencoder import AutoencoderConfig
 from tamer.nn.quantize import QuantizerConfig
@@ -91,6 +91,18 @@ def test_train_precision_auto_is_the_default_round_trips_and_bad_values_name_the
         load_run_config(path, ["train.precision=bf61"])
     message = str(error.value)
     assert "\n" not in message and "train.precision" in message and "'auto'" in message and "bf61" in message
+
+
+def test_memory_format_auto_is_channels_last_only_for_convolutions_on_a_cpu():
+    conv, linear = torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 4)
+    assert resolve_memory_format("auto", "cpu", [linear, conv]) == torch.channels_last
+    assert resolve_memory_format("auto", "cpu", [linear]) == torch.contiguous_format  # a GPT: nothing to change
+    assert resolve_memory_format("auto", "cuda", [conv]) == torch.contiguous_format  # not measured there
+    assert resolve_memory_format("channels_last", "cuda", [conv]) == torch.channels_last
+    assert resolve_memory_format("contiguous", "cpu", [conv]) == torch.contiguous_format
+    with pytest.raises(InputError, match=r"^memory_format: expected one of auto, channels_last, contiguous, got "
+                                         r"'nhwc'$"):
+        resolve_memory_format("nhwc", "cpu", [conv])
 
 
 def test_the_demo_stays_fp32():

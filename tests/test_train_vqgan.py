@@ -157,6 +157,28 @@ def test_mixed_precision_steps(precision, tmp_path, capsys):
     assert tamer.load(tmp_path / "model").encode(torch.zeros(1, 3, 16, 16)).shape == (1, 8, 8)
 
 
+def test_channels_last_training_matches_contiguous_and_exports_plain_weights(tmp_path):
+    """On a CPU the VQGAN and its discriminator train channels-last (faster in oneDNN); the losses are those of
+    the contiguous layout up to float rounding, and the exported weights load like any others."""
+    runs = {}
+    for memory_format in ("contiguous", "auto"):
+        config = load_run_config(ROOT / "configs/vqgan_tiny_cpu.yaml", MICRO + [
+            "train.steps=4", "train.precision=fp32", f"train.memory_format={memory_format}", "loss.disc_start=2",
+            "loss.disc_warmup_steps=0"])
+        runs[memory_format] = (train_vqgan(config, tmp_path / memory_format), tmp_path / memory_format)
+    saved = json.loads((tmp_path / "auto" / "config.json").read_text())
+    assert saved["train"]["memory_format"] == "auto" and saved["resolved_memory_format"] == "channels_last"
+    assert json.loads((tmp_path / "contiguous" / "config.json").read_text())["resolved_memory_format"] == \
+        "contiguous_format"
+    (plain, plain_dir), (fast, fast_dir) = runs["contiguous"], runs["auto"]
+    assert fast.keys() == plain.keys() and fast["d_weight"] > 0
+    for key in plain:
+        assert fast[key] == pytest.approx(plain[key], rel=1e-3, abs=1e-5), key
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    a, b = (tamer.load(d / "model") for d in (plain_dir, fast_dir))
+    torch.testing.assert_close(b(images).reconstruction, a(images).reconstruction, rtol=1e-3, atol=1e-3)
+
+
 def test_training_on_a_folder_skips_corrupt_files(tmp_path, capsys):
     from tamer.data import write_procedural_dataset
 

@@ -25,7 +25,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 
 from tamer.checkpoints import CheckpointError
-from tamer.devices import autocast, data_loader_workers, resolve_precision
+from tamer.devices import autocast, data_loader_workers, resolve_memory_format, resolve_precision
 from tamer.errors import TrainingDiverged  # noqa: F401 (re-exported)
 from tamer.imageio import save_image
 from tamer.progress import progress_bar
@@ -100,11 +100,15 @@ class Trainer:
         if note and self.ctx.is_main:
             print(note)
         self.val_data = val_data
+        modules = task.modules()
+        self.memory_format = resolve_memory_format(config.memory_format, self.device, list(modules.values()))
         self.run_config = {**(run_config or {}), "resolved_precision": self.precision.name,
+                           "resolved_memory_format": str(self.memory_format).removeprefix("torch."),
                            "resolved_steps": config.steps}
         torch.manual_seed(config.seed + self.ctx.rank)
 
-        self.raw = {name: module.to(self.device) for name, module in task.modules().items()}
+        self.raw = {name: module.to(self.device, memory_format=self.memory_format)
+                    for name, module in modules.items()}
         self.wrapped = {name: self._wrap(module) for name, module in self.raw.items()}
         self.optimizers = {name: torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas),
                                                    weight_decay=config.weight_decay)
