@@ -10,6 +10,7 @@ from PIL import Image
 
 from tamer.cli import main as cli
 from tamer.data import ProceduralShapes
+from tamer.data.procedural import SHAPES
 from tamer.devices import resolve_precision
 from tamer.metrics.shape_classifier import class_accuracy, judge_class_samples, train_shape_classifier
 
@@ -59,6 +60,15 @@ def test_judge_class_samples_scores_samples_against_their_asked_class(judge, hel
     # reconstructions through an identity "VQGAN" are the real scenes: the ceiling equals the real accuracy
     assert right.metrics["classifier_on_reconstructions"] == right.metrics["classifier_on_real_held_out"]
     assert right.metrics["chance"] == 0.1
+    # per class: every class judged on its own 5 samples, so the classes' shares average to the whole
+    per_class = right.metrics["per_class"]
+    assert list(per_class) == list(SHAPES)
+    for scale in ("1", "3"):
+        shares = [figures["accuracy"][scale] for figures in per_class.values()]
+        assert [share * 5 for share in shares] == pytest.approx([round(share * 5) for share in shares])
+        assert sum(shares) / 10 == pytest.approx(right.metrics["accuracy"][scale])
+    ceilings = [figures["on_reconstructions"] for figures in per_class.values()]
+    assert None not in ceilings and max(ceilings) == 1.0
 
 
 def test_eval_classes_command_writes_its_figures(tmp_path):

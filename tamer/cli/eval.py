@@ -264,6 +264,10 @@ def run_classes(args) -> int:
         print(f"samples, guidance {scale}: {accuracy:.1%} named correctly")
     print(f"chance {m['chance']:.1%}; the classifier on real held-out scenes {m['classifier_on_real_held_out']:.1%}, "
           f"on their reconstructions {m['classifier_on_reconstructions']:.1%}")
+    for name, figures in m["per_class"].items():
+        named = ", ".join(f"{share:.0%} at guidance {scale}" for scale, share in figures["accuracy"].items())
+        ceiling = figures["on_reconstructions"]
+        print(f"  {name}: {named}; reconstructions {'n/a' if ceiling is None else f'{ceiling:.0%}'}")
     if args.out is not None:
         protocol = {"model": str(args.model), "scene": scene, "judge_steps": args.judge_steps,
                     "judge_images": args.judge_images, "judge_blur": JUDGE_BLUR, "held_out_seed": PROCEDURAL_EVAL_SEED,

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import torch
 
-from tamer.data.procedural import SHAPES
 from tamer.report import Section, colour_labels, labelled_grid, write_report
 
 #: samples per class row in the pictures (all are judged): more would shrink each 4x image on the page
@@ -23,9 +22,12 @@ def write_page(out: Path, results: dict, quick: bool, real: torch.Tensor, recons
     per_class = class_judgement.metrics["samples_per_class"]
     shown = min(per_class, SHOWN_PER_CLASS)
     cfg = f"{samples['cfg_scale']:g}"
+    per_class_figures = class_judgement.metrics["per_class"]
     for scale, name in ((1.0, "class-samples.png"), (samples["cfg_scale"], "class-samples-cfg.png")):
         rows = class_judgement.samples[scale].unflatten(0, (-1, per_class))[:, :shown].flatten(0, 1)
-        labelled_grid(rows, shown, SHAPES).save(out / name)
+        named = [f"{shape} {round(figures['accuracy'][f'{scale:g}'] * per_class)}/{per_class}"
+                 for shape, figures in per_class_figures.items()]  # each row says how many of its samples are named
+        labelled_grid(rows, shown, named).save(out / name)
     _map_rows(seg_model, seg_judgement, out / "seg-samples.png")
     _map_rows(seg_model, window_judgement, out / "sliding-window.png")
 
@@ -43,12 +45,15 @@ def write_page(out: Path, results: dict, quick: bool, real: torch.Tensor, recons
                 f"One row per class, top-k {samples['top_k']}: plain sampling, and the same seeds with "
                 f"classifier-free guidance (scale {cfg}). A classifier trained on real scenes names each sample's "
                 "class; its accuracy on the VQGAN's reconstructions is the most a transformer over these codes can "
-                f"reach. Each row shows {shown} of the {per_class} samples judged.",
+                f"reach. Each row shows {shown} of the {per_class} samples judged, and how many of them the "
+                "classifier named right.",
                 [("class-samples.png", "class-conditional samples"),
                  ("class-samples-cfg.png", f"with classifier-free guidance, scale {cfg}")],
                 {"samples named correctly": samples["accuracy"], f"with guidance {cfg}": samples["accuracy_cfg"],
                  "chance": samples["chance"],
                  "ceiling (reconstructions)": samples["classifier_accuracy_on_reconstructions"],
+                 "ceiling per class": ", ".join(f"{shape} {_percent(figures['on_reconstructions'])}"
+                                                for shape, figures in per_class_figures.items()),
                  "held-out NLL (nats/token)": c["nll"], "uniform NLL": c["uniform_nll"],
                  "bits/dim": c["bits_per_dim"]},
                 "Good: each row shows its own shape; far above chance, near the ceiling with guidance."),
@@ -79,6 +84,10 @@ def write_page(out: Path, results: dict, quick: bool, real: torch.Tensor, recons
             + (" (--quick: a minute of training, so expect noise)." if quick else ".")
             + f" To sample from these models in a web page: {app_command(out)}")
     write_report(out / "index.html", "tamer demo", lead, sections)
+
+
+def _percent(share: float | None) -> str:
+    return "n/a" if share is None else f"{share:.0%}"
 
 
 @torch.no_grad()

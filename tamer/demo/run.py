@@ -218,7 +218,8 @@ def _class_figures(judged) -> dict:
     return {"samples": len(judged.samples[1.0]), "accuracy": m["accuracy"]["1"],
             "accuracy_cfg": m["accuracy"][f"{CFG_SCALE:g}"], "cfg_scale": CFG_SCALE, "chance": m["chance"],
             "classifier_accuracy_on_real_held_out": m["classifier_on_real_held_out"],
-            "classifier_accuracy_on_reconstructions": m["classifier_on_reconstructions"], "top_k": TOP_K}
+            "classifier_accuracy_on_reconstructions": m["classifier_on_reconstructions"], "top_k": TOP_K,
+            "per_class": m["per_class"]}
 
 
 @torch.no_grad()

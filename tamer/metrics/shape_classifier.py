@@ -17,7 +17,7 @@ from torch.utils.data import default_collate
 
 from tamer.ar.sampling import SamplingSettings
 from tamer.checkpoints import Pretrained
-from tamer.data.procedural import ProceduralShapes
+from tamer.data.procedural import SHAPES, ProceduralShapes
 from tamer.devices import autocast, resolve_memory_format, resolve_precision
 from tamer.progress import progress_bar
 
@@ -176,10 +176,25 @@ def judge_class_samples(model, classifier: ShapeClassifier, held_out, samples_pe
                                         for c in range(classes)])
         reconstructions = torch.cat([model.decode_codes(model.encode_images(real[i:i + 64])).float().cpu()
                                      for i in range(0, len(real), 64)])
+    named = {f"{scale:g}": classifier.predict(images).cpu() == labels for scale, images in samples.items()}
+    named_reconstructions = classifier.predict(reconstructions).cpu() == real_labels
     metrics = {"samples_per_class": n, "top_k": top_k, "chance": 1 / classes,
-               "accuracy": {f"{scale:g}": class_accuracy(classifier, images, labels)
-                            for scale, images in samples.items()},
+               "accuracy": {scale: hits.float().mean().item() for scale, hits in named.items()},
                "classifier_on_real_held_out": class_accuracy(classifier, real, real_labels),
-               "classifier_on_reconstructions": class_accuracy(classifier, reconstructions, real_labels),
-               "held_out_images": len(real)}
+               "classifier_on_reconstructions": named_reconstructions.float().mean().item(),
+               "held_out_images": len(real),
+               # where the share named is lost: a class the VQGAN cannot give back caps its row
+               "per_class": {class_name(c): {"accuracy": {scale: hits[labels == c].float().mean().item()
+                                                          for scale, hits in named.items()},
+                                             "on_reconstructions": _share(named_reconstructions[real_labels == c])}
+                             for c in range(classes)}}
     return ClassJudgement(samples, metrics)
+
+
+def class_name(label: int) -> str:
+    """The built-in dataset's name of class ``label``."""
+    return SHAPES[label] if label < len(SHAPES) else str(label)
+
+
+def _share(hits: torch.Tensor) -> float | None:
+    return hits.float().mean().item() if len(hits) else None  # None: no held-out scene of that class
