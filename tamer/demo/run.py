@@ -109,7 +109,8 @@ def _train_stage(kind: str, preset: str, out: Path, overrides: list[str]) -> Pat
 
 def stage_overrides(plan: DemoPlan, device: str, steps: int) -> list[str]:
     """Overrides for every stage: its length, the demo's data, validation only at the end, and fp32 (the published
-    figures are fp32, whatever train.precision's auto would pick here)."""
+    figures are fp32, whatever train.precision's auto would pick here; at these sizes bf16 speeds the VQGANs 1.3×
+    and slows the transformers, BENCHMARKS.md)."""
     return [f"train.steps={steps}", f"train.device={device}", "train.precision=fp32", f"data.length={plan.data_length}",
             f"val_data.length={plan.val_images}", f"train.val_every={steps}", f"train.checkpoint_every="
             f"{max(steps // 2, 1)}", f"train.image_every={steps}", f"train.val_batches={plan.val_images}",
