@@ -169,7 +169,7 @@ def test_channels_last_training_matches_contiguous_and_exports_plain_weights(tmp
     saved = json.loads((tmp_path / "auto" / "config.json").read_text())
     assert saved["train"]["memory_format"] == "auto" and saved["resolved_memory_format"] == "channels_last"
     assert json.loads((tmp_path / "contiguous" / "config.json").read_text())["resolved_memory_format"] == \
-        "contiguous_format"
+        "contiguous"
     (plain, plain_dir), (fast, fast_dir) = runs["contiguous"], runs["auto"]
     assert fast.keys() == plain.keys() and fast["d_weight"] > 0
     for key in plain:

@@ -103,7 +103,8 @@ class Trainer:
         modules = task.modules()
         self.memory_format = resolve_memory_format(config.memory_format, self.device, list(modules.values()))
         self.run_config = {**(run_config or {}), "resolved_precision": self.precision.name,
-                           "resolved_memory_format": str(self.memory_format).removeprefix("torch."),
+                           "resolved_memory_format": "channels_last" if self.memory_format == torch.channels_last
+                           else "contiguous",  # in the setting's own words
                            "resolved_steps": config.steps}
         torch.manual_seed(config.seed + self.ctx.rank)
 
