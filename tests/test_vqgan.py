@@ -172,6 +172,27 @@ def test_kmeans_initialisation_puts_codes_on_the_clusters():
     assert torch.equal(quantizer.embedding.weight, frozen)
 
 
+def test_weight_init_lecun_keeps_the_signal_of_a_network_without_normalisation():
+    from torch import nn
+
+    from tamer.nn.autoencoder import Encoder
+
+    small = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), z_channels=16, resolution=32,
+                 norm_groups=0)
+    torch.manual_seed(0)
+    default, lecun = Encoder(AutoencoderConfig(**small)), Encoder(AutoencoderConfig(**small, weight_init="lecun"))
+    convs = [m for m in lecun.modules() if isinstance(m, nn.Conv2d)]
+    assert all(not m.bias.any() for m in convs)
+    fan_in = convs[1].weight[0].numel()
+    assert convs[1].weight.std().item() == pytest.approx(fan_in ** -0.5, rel=0.05)
+    images = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        # PyTorch's default draw shrinks the signal layer by layer; N(0, 1/fan_in) keeps it near the input's scale.
+        assert default(images).std() < 0.1 < lecun(images).std()
+    with pytest.raises(ValueError, match="weight_init"):
+        AutoencoderConfig(**small, weight_init="xavier")
+
+
 def test_norm_groups_sets_the_normalisation_and_defaults_to_the_original():
     from torch import nn
 
