@@ -111,10 +111,7 @@ def stage_overrides(plan: DemoPlan, device: str, steps: int) -> list[str]:
     """Overrides for every stage: its length, the demo's data, validation only at the end, and fp32 (the published
     figures are fp32, whatever train.precision's auto would pick here; at these sizes bf16 speeds the VQGANs 1.3×
     and slows the transformers, BENCHMARKS.md)."""
-    # The contiguous layout keeps the README's figures: the image VQGAN's recipe is fragile. Its loss sits on a plateau
-    # (colours collapsed to one axis) until a step between 700 and past 1200, so the same run channels-last reached
-    # 22.0 dB at seed 0 and 25.9 / 26.0 at seeds 1 / 2 (BENCHMARKS.md, "The demo's VQGAN plateau").
-    return [f"train.steps={steps}", f"train.device={device}", "train.precision=fp32", "train.memory_format=contiguous",
+    return [f"train.steps={steps}", f"train.device={device}", "train.precision=fp32",
             f"data.length={plan.data_length}",
             f"val_data.length={plan.val_images}", f"train.val_every={steps}", f"train.checkpoint_every="
             f"{max(steps // 2, 1)}", f"train.image_every={steps}", f"train.val_batches={plan.val_images}",
