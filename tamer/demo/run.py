@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from tamer.data.procedural import ProceduralShapes
 from tamer.demo.page import print_summary, write_page
+from tamer.demo.stages import Stage, lanes_for, run_stages
 from tamer.devices import resolve_device
 from tamer.loading import load
 from tamer.metrics import evaluate_reconstructions
@@ -86,15 +88,15 @@ class Stopwatch:
         self.stages: dict[str, float] = {}
 
     def lap(self, name: str, since: float) -> None:
-        self.stages[name] = round(time.perf_counter() - since, 1)
-        print(f"[demo] {name}: {self.stages[name]:.0f} s (total {time.perf_counter() - self.start:.0f} s)")
+        self.record(name, time.perf_counter() - since)
+
+    def record(self, name: str, seconds: float) -> None:
+        self.stages[name] = round(seconds, 1)
+        print(f"[demo] {name}: {seconds:.0f} s (total {time.perf_counter() - self.start:.0f} s)")
 
 
 def _train_stage(kind: str, preset: str, out: Path, overrides: list[str]) -> Path:
-    """Train one stage from its preset (resuming a finished or interrupted run) and return its model folder."""
-    if (out / "model" / "config.json").is_file():
-        print(f"[demo] {out / 'model'} exists; reusing it (delete {out} to retrain)")
-        return out / "model"
+    """Train one stage from its preset (resuming an interrupted run) and return its model folder."""
     if kind == "vqgan":
         from tamer.train.vqgan_run import load_run_config
         from tamer.train.vqgan_run import train_vqgan as train
@@ -105,6 +107,18 @@ def _train_stage(kind: str, preset: str, out: Path, overrides: list[str]) -> Pat
     resume = (out / "checkpoints").is_dir()
     train(config, out, resume=resume)
     return out / "model"
+
+
+def _train_judge(kind: str, folder: Path, plan: DemoPlan) -> Path:
+    """Train one judge on real scenes and return its folder. All three learn from the same scenes, drawn with a
+    seed of their own (neither training nor held out)."""
+    scenes = render_training_scenes(32, plan.judge_images, 1, ("image", "label", "segmentation"), **SCENE)
+    if kind == "classifier":
+        judge = train_shape_classifier(size=32, steps=plan.judge_steps, scenes=scenes, seed=1)
+    else:  # the sliding-window sample's judge learns from canvases of four scenes: one of scenes reads them at 0.2
+        judge = train_shape_segmenter(size=32, steps=plan.judge_steps, scenes=scenes, seed=1,
+                                      canvases=kind == "canvas-segmenter")
+    return judge.save(folder)
 
 
 def stage_overrides(plan: DemoPlan, device: str, steps: int) -> list[str]:
@@ -137,40 +151,42 @@ def run_demo(out: str | Path = "demo-output", quick: bool = False, device: str =
     watch = Stopwatch()
     dev = str(resolve_device(device))
 
-    t = time.perf_counter()
     tokenizer = [f"train.batch_size={plan.vqgan_batch}", f"model.quantizer.num_codes={plan.vqgan_codes}",
                  f"model.quantizer.embed_dim={plan.vqgan_code_dim}",
                  "train.max_grad_norm=1.0",  # seed 2 without it: 25.5 dB (22.0 dB at 256 codes), with it 26.0
                  f"loss.disc_start={plan.vqgan_steps + 1}", "loss.disc_warmup_steps=0"]  # no GAN in a run this short
-    vqgan_dir = _train_stage("vqgan", "vqgan_tiny_cpu", runs / "vqgan",
-                             stage_overrides(plan, dev, plan.vqgan_steps) + tokenizer)
-    watch.lap("VQGAN (images)", t)
-    t = time.perf_counter()
-    seg_vqgan_dir = _train_stage("vqgan", "vqgan_tiny_seg", runs / "vqgan-seg",
-                                 stage_overrides(plan, dev, plan.seg_vqgan_steps))
-    watch.lap("VQGAN (segmentation maps)", t)
-    t = time.perf_counter()
-    gpt = [f"train.batch_size={plan.transformer_batch}"]
-    class_dir = _train_stage("transformer", "transformer_tiny_class", runs / "class",
-                             stage_overrides(plan, dev, plan.class_steps) + gpt + [f"first_stage={vqgan_dir}"])
-    watch.lap("transformer (class-conditional)", t)
-    t = time.perf_counter()
-    seg_dir = _train_stage("transformer", "transformer_tiny_seg", runs / "seg",
-                           stage_overrides(plan, dev, plan.seg_steps) + gpt + [f"first_stage={vqgan_dir}",
-                                                                       f"cond_stage={seg_vqgan_dir}"])
-    watch.lap("transformer (segmentation-conditional)", t)
+    gpt = [f"train.batch_size={plan.transformer_batch}", f"first_stage={runs / 'vqgan' / 'model'}"]
 
-    t = time.perf_counter()
-    # Both judges learn from the same real scenes, drawn with a seed of their own (neither training nor held out).
-    judge_scenes = render_training_scenes(32, plan.judge_images, 1, ("image", "label", "segmentation"), **SCENE)
-    classifier = train_shape_classifier(size=32, steps=plan.judge_steps, scenes=judge_scenes, seed=1)
-    segmenter = train_shape_segmenter(size=32, steps=plan.judge_steps, scenes=judge_scenes, seed=1)
-    # The sliding-window sample's judge learns from canvases of four scenes: the one above reads them at about 0.2.
-    canvas_segmenter = train_shape_segmenter(size=32, steps=plan.judge_steps, scenes=judge_scenes, seed=1,
-                                             canvases=True)
-    watch.lap("judges (shape classifier, segmenters of scenes and of canvases)", t)
+    def judge(kind: str) -> Stage:
+        return Stage(kind, partial(_train_judge, kind, runs / "judges" / kind, plan), runs / "judges" / kind)
 
-    vqgan, class_model, seg_model = (load(p, map_location=dev).eval() for p in (vqgan_dir, class_dir, seg_dir))
+    # A free lane takes the first stage in this list that can start: the transformers as soon as their codes exist
+    # (they are the longest), the judges in the gaps (one lane: 84 + 83 + 79 s of condition VQGAN and judges while
+    # the other trains the 181-s VQGAN).
+    stages = [
+        Stage("vqgan", partial(_train_stage, "vqgan", "vqgan_tiny_cpu", runs / "vqgan",
+                               stage_overrides(plan, dev, plan.vqgan_steps) + tokenizer), runs / "vqgan" / "model"),
+        Stage("vqgan-seg", partial(_train_stage, "vqgan", "vqgan_tiny_seg", runs / "vqgan-seg",
+                                   stage_overrides(plan, dev, plan.seg_vqgan_steps)), runs / "vqgan-seg" / "model"),
+        Stage("class", partial(_train_stage, "transformer", "transformer_tiny_class", runs / "class",
+                               stage_overrides(plan, dev, plan.class_steps) + gpt), runs / "class" / "model",
+              after=("vqgan",)),
+        Stage("seg", partial(_train_stage, "transformer", "transformer_tiny_seg", runs / "seg",
+                             stage_overrides(plan, dev, plan.seg_steps) + gpt
+                             + [f"cond_stage={runs / 'vqgan-seg' / 'model'}"]), runs / "seg" / "model",
+              after=("vqgan", "vqgan-seg")),
+        judge("classifier"),
+        judge("segmenter"),
+        judge("canvas-segmenter"),
+    ]
+    lanes, threads = lanes_for(dev)
+    print(f"[demo] training {len(stages)} stages, {lanes} at a time, {threads} thread(s) each")
+    folders = run_stages(stages, lanes, threads, watch.record)
+    watch.lap("training", watch.start)
+
+    vqgan, class_model, seg_model = (load(folders[name], map_location=dev).eval() for name in ("vqgan", "class", "seg"))
+    classifier, segmenter, canvas_segmenter = (load(folders[name]).eval()
+                                               for name in ("classifier", "segmenter", "canvas-segmenter"))
     held_out = ProceduralShapes(size=32, length=plan.eval_images, seed=HELD_OUT_SEED, **SCENE)
     results: dict = {"plan": asdict(plan), "device": dev, "precision": "fp32"}
 
