@@ -10,6 +10,9 @@ from tamer.report import Section, colour_labels, labelled_grid, write_report
 
 #: samples per class row in the pictures (all are judged): more would shrink each 4x image on the page
 SHOWN_PER_CLASS = 8
+#: maps (rows) in the segmentation picture and canvases in the sliding-window one (all are judged): 16 rows of
+#: 32-pixel images at 4x are already a long page, and each canvas is twice as tall
+SHOWN_MAPS, SHOWN_CANVASES = 16, 8
 
 
 def write_page(out: Path, results: dict, quick: bool, real: torch.Tensor, reconstructions: torch.Tensor,
@@ -28,8 +31,8 @@ def write_page(out: Path, results: dict, quick: bool, real: torch.Tensor, recons
         named = [f"{shape} {round(figures['accuracy'][f'{scale:g}'] * per_class)}/{per_class}"
                  for shape, figures in per_class_figures.items()]  # each row says how many of its samples are named
         labelled_grid(rows, shown, named).save(out / name)
-    _map_rows(seg_model, seg_judgement, out / "seg-samples.png")
-    _map_rows(seg_model, window_judgement, out / "sliding-window.png")
+    _map_rows(seg_model, seg_judgement, SHOWN_MAPS, out / "seg-samples.png")
+    _map_rows(seg_model, window_judgement, SHOWN_CANVASES, out / "sliding-window.png")
 
     sections = [
         Section("Stage 1: the VQGAN tokenizer",
@@ -59,8 +62,9 @@ def write_page(out: Path, results: dict, quick: bool, real: torch.Tensor, recons
                 "Good: each row shows its own shape; far above chance, near the ceiling with guidance."),
         Section("Stage 2: segmentation to image",
                 "Each row: the label map (as given, then as the condition VQGAN gives it back), the real scene, then "
-                f"samples drawn from the map (top-k {seg['top_k']}). A segmenter trained on real scenes reads every "
-                "sample; the figure is the mIoU between its reading and the map.",
+                f"samples drawn from the map (top-k {seg['top_k']}); {min(seg['maps'], SHOWN_MAPS)} of the "
+                f"{seg['maps']} maps judged. A segmenter trained on real scenes reads every sample; the figure is the "
+                "mIoU between its reading and the map.",
                 [("seg-samples.png", "segmentation-conditional samples")],
                 {"mIoU(samples, maps)": seg["miou"], "segmenter on real scenes": seg["segmenter_on_real_held_out"],
                  "segmenter on reconstructions": seg["segmenter_on_reconstructions"],
@@ -71,8 +75,9 @@ def write_page(out: Path, results: dict, quick: bool, real: torch.Tensor, recons
         Section("Sliding-window sampling",
                 f"A {window['code_shape'][0]}×{window['code_shape'][1]}-code image from a model trained on "
                 f"{window['window'][0]}×{window['window'][1]} codes ({window['area_ratio']:.0f}× the area), drawn "
-                "from four held-out maps side by side: the maps, the real scenes, the sample. Its judge is a segmenter "
-                "trained on such canvases of real scenes.",
+                "from four held-out maps side by side: the maps, the real scenes, the sample; "
+                f"{min(window['maps'], SHOWN_CANVASES)} of the {window['maps']} canvases judged. Its judge is a "
+                "segmenter trained on such canvases of real scenes.",
                 [("sliding-window.png", "sliding-window sample")],
                 {"mIoU(sample, map)": window["miou"], "canvas segmenter on the real canvases": window[
                     "segmenter_on_real_held_out"], "seconds": window["seconds"]},
@@ -91,9 +96,10 @@ def _percent(share: float | None) -> str:
 
 
 @torch.no_grad()
-def _map_rows(model, judgement, path: Path) -> None:
-    """A row per map: the map, the map as the condition VQGAN gives it back, the real scene, then the samples."""
-    maps, per_map = judgement.maps, judgement.metrics["samples_per_map"]
+def _map_rows(model, judgement, shown: int, path: Path) -> None:
+    """A row for each of the first ``shown`` maps: the map, the map as the condition VQGAN gives it back, the real
+    scene, then the samples."""
+    maps, per_map = judgement.maps[:shown], judgement.metrics["samples_per_map"]
     seen = model.cond_stage_model.decode_labels(model.condition_tokens(maps, len(maps))).cpu()
     rows = []
     for i in range(len(maps)):
