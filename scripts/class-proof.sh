@@ -12,8 +12,10 @@ scene=(data.max_distractors=0 data.plain=true data.object_centric=true
        val_data.max_distractors=0 val_data.plain=true val_data.object_centric=true)
 
 if [[ ! -f "$runs/vqgan/model/config.json" ]]; then
+  # the demo's tokenizer (tamer/demo/run.py): 512 codes of 32 dims, batch 8, gradients clipped at 1, no GAN
   "$tamer" train vqgan --config vqgan_tiny_cpu --out "$runs/vqgan" --resume \
-    train.steps="${VQGAN_STEPS:-2400}" loss.disc_start=100000 data.length=20000 "${scene[@]}"
+    train.steps="${VQGAN_STEPS:-2400}" train.batch_size=8 model.quantizer.num_codes=512 model.quantizer.embed_dim=32 \
+    train.max_grad_norm=1.0 loss.disc_start=100000 data.length=20000 "${scene[@]}"
 fi
 if [[ ! -f "$runs/class/model/config.json" ]]; then
   "$tamer" train transformer --config transformer_tiny_class --out "$runs/class" --resume \
