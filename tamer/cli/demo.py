@@ -11,7 +11,7 @@ from tamer.cli.options import device_option
 
 
 def add_demo_commands(commands: argparse._SubParsersAction) -> None:
-    help = ("Train a tiny VQGAN and class- and segmentation-conditional transformers on the built-in data (8-12 "
+    help = ("Train a tiny VQGAN and class- and segmentation-conditional transformers on the built-in data (about 10 "
             "min on 2 CPU cores), sample, judge, and write an HTML page.")
     sub = commands.add_parser("demo", help=help, description=help)
     sub.set_defaults(run=run_demo)
