@@ -1,9 +1,9 @@
 """The demo's stages as a small graph, run side by side in worker processes where the cores allow.
 
-A tiny model leaves much of a second core idle: the demo's 1200-step VQGAN takes 147 s on two threads, and two such
-runs side by side on one thread each take 192 s together (AMD EPYC, BENCHMARKS.md). So on a CPU the demo runs two
-stages at a time, each in its own process with half the cores, starting each stage as soon as what it needs exists.
-Stages hand each other folders (a trained model saved on disk), never live objects.
+A tiny model leaves much of a second core idle: the demo's 1200-step VQGAN takes 147 s alone on two threads and 180 s
+on one core beside another stage (AMD EPYC; all stages: 746 s one after another, 558 s two at a time, BENCHMARKS.md).
+So on a CPU the demo runs two stages at a time, each in its own process with half the cores, starting each stage
+as soon as what it needs exists. Stages hand each other folders (a trained model saved on disk), never live objects.
 """
 
 from __future__ import annotations
